@@ -1,0 +1,96 @@
+"""Atomic file output and the project's checkpoint format (safetensors + the config that rebuilds it).
+
+Every writer goes through :func:`atomic_write` so that a killed job never leaves a half file under
+the final name: readers (and the stage-skipping logic of ``weaktr run``) can trust any file they see.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, safe_open, save_file
+
+from weaktr.errors import InputError
+
+CONFIG_KEY = "weaktr_config"
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically (NaN allowed, as Python's json module reads it back)."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", path) from exc
+
+
+def save_label_png(path: str | Path, labels: np.ndarray, palette: list[int] | None = None) -> None:
+    """Save a uint8 label map as a (palette) PNG atomically."""
+    arr = np.asarray(labels)
+    if arr.ndim != 2:
+        raise ValueError(f"label map must be 2-D, got shape {arr.shape}")
+    img = Image.fromarray(arr.astype(np.uint8), mode="P" if palette is not None else "L")
+    if palette is not None:
+        img.putpalette(palette)
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any],
+                    metadata: dict[str, str] | None = None) -> None:
+    """Save weights as safetensors with the JSON config that rebuilds the model in the file's metadata."""
+    meta = {CONFIG_KEY: json.dumps(config)}
+    meta.update(metadata or {})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load (state_dict, config) from a checkpoint written by :func:`save_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("checkpoint not found", path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise InputError(f"not a readable safetensors checkpoint ({exc})", path) from exc
+    if CONFIG_KEY not in meta:
+        raise InputError(f"safetensors file has no '{CONFIG_KEY}' metadata; convert it with "
+                         "'weaktr convert' first", path)
+    return state, json.loads(meta[CONFIG_KEY])

@@ -1,0 +1,73 @@
+"""Build timm backbones by name, with pretrained weights from the hub, a local file, or none.
+
+There is no network on many machines that train these models, so the hub path fails fast with
+a message naming both ways to get weights, instead of timm's minute of retries.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import timm
+from torch import nn
+
+from weaktr.errors import InputError
+from weaktr.models.stem import ConvStem
+
+PRETRAINED_HELP = (
+    "pretrained weights for {name!r} could not be loaded from the hub ({why}). Either give a local "
+    "file with --pretrained PATH (a timm/.pth/.safetensors/.npz checkpoint of that model), set "
+    "HF_HUB_OFFLINE=0 on a machine with network access so timm can download it, or train from "
+    "scratch with pretrained=none."
+)
+
+
+def resolve_pretrained(pretrained: str | None) -> str | None:
+    """Normalise the user's choice: None / 'none' -> None, 'hub' -> 'hub', anything else is a path."""
+    if pretrained is None or str(pretrained).lower() in {"", "none", "false", "scratch"}:
+        return None
+    if str(pretrained).lower() in {"hub", "true", "timm"}:
+        return "hub"
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise InputError("pretrained weights file not found", path)
+    return str(path)
+
+
+def create_backbone(name: str, pretrained: str | None = None, stem: str = "patch", **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with weights from ``pretrained`` ('hub', a path, or None).
+
+    ``stem='conv'`` swaps the patch convolution for :class:`ConvStem` (for from-scratch models).
+    timm's own checkpoint filter runs on local files too, so the head is dropped for another class
+    count and position embeddings are resampled, exactly as for hub weights.
+    """
+    source = resolve_pretrained(pretrained)
+    if stem == "conv":
+        kwargs["embed_layer"] = ConvStem
+    elif stem != "patch":
+        raise ValueError(f"unknown stem {stem!r} (expected 'patch' or 'conv')")
+    if source is None:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if source == "hub":
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
+            raise InputError(PRETRAINED_HELP.format(name=name, why="HF_HUB_OFFLINE is set"))
+        try:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as exc:  # network errors come in many types (OSError, HTTP, hub errors)
+            raise InputError(PRETRAINED_HELP.format(name=name, why=f"{type(exc).__name__}: {exc}")) from exc
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": source}, **kwargs)
+    except Exception as exc:
+        raise InputError(f"could not load pretrained weights for {name!r}: {exc}", source) from exc
+
+
+def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) from the model's timm pretrained config (ImageNet's when it has none)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    mean = getattr(cfg, "mean", None) if cfg is not None else None
+    std = getattr(cfg, "std", None) if cfg is not None else None
+    if mean is None or std is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(mean), tuple(std)

@@ -1,0 +1,65 @@
+"""Shared fixtures: the golden vectors of the authors' implementation, read from WEAKTR_GOLDEN_DIR."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+COCO_MINI = Path(os.environ.get("WEAKTR_COCO_MINI", SHARED / "data" / "coco-mini"))
+
+
+def golden_dir() -> Path:
+    """The golden folder: $WEAKTR_GOLDEN_DIR, else ../shared/golden beside the repository."""
+    return Path(os.environ.get("WEAKTR_GOLDEN_DIR", SHARED / "golden"))
+
+
+def load_golden(case: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and JSON of one golden case; skips the test when the folder lacks it."""
+    d = golden_dir()
+    st, js = d / f"{case}.safetensors", d / f"{case}.json"
+    if not st.is_file() or not js.is_file():
+        pytest.skip(f"golden case {case!r} not found in {d}")
+    return load_file(str(st)), json.loads(js.read_text())
+
+
+def load_golden_state(name: str) -> dict[str, torch.Tensor]:
+    """Decode a golden state file: int8 codes q listed in the metadata become float32(q) * 2**e."""
+    path = golden_dir() / name
+    if not path.is_file():
+        pytest.skip(f"golden state {name!r} not found in {golden_dir()}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    exps = json.loads(meta.get("int8_pow2_exponents", "{}"))
+    state = load_file(str(path))
+    return {k: (v.to(torch.float32) * 2.0 ** exps[k]) if k in exps else v for k, v in state.items()}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4, name: str = "") -> None:
+    """The parity contract: within tol absolute and relative."""
+    torch.testing.assert_close(actual.float(), expected.float(), atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+
+
+def assert_labels_agree(actual, expected, min_fraction: float = 0.999, name: str = "") -> None:
+    """Label maps may flip at near-ties: require at least min_fraction equal pixels."""
+    a, e = torch.as_tensor(actual), torch.as_tensor(expected)
+    assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+    frac = (a.long() == e.long()).float().mean().item()
+    assert frac >= min_fraction, f"{name}: only {frac:.5f} of pixels agree"
+
+
+@pytest.fixture
+def coco_mini() -> Path:
+    """The real VOC-layout mini data set in ../shared; skips when absent."""
+    if not COCO_MINI.is_dir():
+        pytest.skip(f"coco-mini not found at {COCO_MINI}")
+    return COCO_MINI
