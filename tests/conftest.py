@@ -46,7 +46,9 @@ def load_golden_state(name: str) -> dict[str, torch.Tensor]:
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-4, name: str = "") -> None:
     """The parity contract: within tol absolute and relative."""
-    torch.testing.assert_close(actual.float(), expected.float(), atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(
+        actual.float(), expected.float(), atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}"
+    )
 
 
 def assert_labels_agree(actual, expected, min_fraction: float = 0.999, name: str = "") -> None:

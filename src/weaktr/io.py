@@ -69,8 +69,12 @@ def save_label_png(path: str | Path, labels: np.ndarray, palette: list[int] | No
         img.save(tmp, format="PNG")
 
 
-def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any],
-                    metadata: dict[str, str] | None = None) -> None:
+def save_checkpoint(
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Save weights as safetensors with the JSON config that rebuilds the model in the file's metadata."""
     meta = {CONFIG_KEY: json.dumps(config)}
     meta.update(metadata or {})
@@ -91,6 +95,7 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise InputError(f"not a readable safetensors checkpoint ({exc})", path) from exc
     if CONFIG_KEY not in meta:
-        raise InputError(f"safetensors file has no '{CONFIG_KEY}' metadata; convert it with "
-                         "'weaktr convert' first", path)
+        raise InputError(
+            f"safetensors file has no '{CONFIG_KEY}' metadata; convert it with 'weaktr convert' first", path
+        )
     return state, json.loads(meta[CONFIG_KEY])

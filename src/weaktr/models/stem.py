@@ -48,7 +48,11 @@ class ConvStem(nn.Module):
         ch = in_chans
         for i in range(stages):
             out = max(embed_dim // 2 ** (stages - 1 - i), 16)
-            layers += [nn.Conv2d(ch, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(ch, out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             ch = out
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Conv2d(ch, embed_dim, kernel_size=1, bias=bias)

@@ -7,8 +7,10 @@ a message naming both ways to get weights, instead of timm's minute of retries.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import timm
 from torch import nn
@@ -36,7 +38,22 @@ def resolve_pretrained(pretrained: str | None) -> str | None:
     return str(path)
 
 
-def create_backbone(name: str, pretrained: str | None = None, stem: str = "patch", **kwargs: Any) -> nn.Module:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the model hub answers a TCP connect; timm would otherwise retry for about a minute."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def create_backbone(
+    name: str, pretrained: str | None = None, stem: str = "patch", **kwargs: Any
+) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` with weights from ``pretrained`` ('hub', a path, or None).
 
     ``stem='conv'`` swaps the patch convolution for :class:`ConvStem` (for from-scratch models).
@@ -53,6 +70,10 @@ def create_backbone(name: str, pretrained: str | None = None, stem: str = "patch
     if source == "hub":
         if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
             raise InputError(PRETRAINED_HELP.format(name=name, why="HF_HUB_OFFLINE is set"))
+        if not hub_reachable():
+            raise InputError(
+                PRETRAINED_HELP.format(name=name, why="the hub is unreachable from this machine")
+            )
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as exc:  # network errors come in many types (OSError, HTTP, hub errors)
