@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from timm.layers import Format, to_2tuple
+from torch import nn
 
 
 class ConvStem(nn.Module):
