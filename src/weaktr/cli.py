@@ -1,0 +1,69 @@
+"""The ``weaktr`` command line: one subcommand per stage, each a thin wrapper in ``weaktr.commands``.
+
+Every command module defines ``register(subparsers)``, which adds its parser and sets ``func``
+(called with the parsed namespace, returning an exit code). Bad input (``InputError``) is printed
+as one line naming the file and the problem, with exit code 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from weaktr import __version__
+from weaktr.errors import InputError
+
+COMMANDS = (
+    "run",
+    "demo",
+    "prepare",
+    "train_cam",
+    "gen_cam",
+    "make_seeds",
+    "train_seg",
+    "predict",
+    "evaluate",
+    "convert",
+    "export",
+    "report",
+    "ablate",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="weaktr",
+        description="WeakTr: semantic segmentation from image-level labels with plain vision transformers.",
+    )
+    parser.add_argument("--version", action="version", version=f"weaktr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"weaktr.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"weaktr.commands.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``weaktr`` console script and ``python -m weaktr``."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+        )
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"weaktr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"weaktr {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
