@@ -1,0 +1,97 @@
+"""Single-process fallbacks, sharding, and a real 2-process gloo group."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from weaktr.engine import distributed as D
+from weaktr.errors import InputError
+
+
+def test_single_process_fallbacks(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = D.init_distributed("cpu")
+    assert (info.rank, info.world, info.is_main, info.device.type) == (0, 1, True, "cpu")
+    t = torch.tensor([1.0, 2.0])
+    assert D.all_reduce_sum(t) is t and t.tolist() == [1.0, 2.0]
+    D.barrier()
+    model = torch.nn.Linear(2, 2)
+    assert D.wrap_ddp(model) is model and D.unwrap_model(model) is model
+    assert D.is_main_process()
+    D.cleanup()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_shard_covers_every_item_once(world):
+    items = list(range(20))
+    parts = [D.shard(items, r, world) for r in range(world)]
+    assert sorted(x for p in parts for x in p) == items
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_devices_and_batches():
+    assert D.resolve_device("cpu") == torch.device("cpu")
+    assert D.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA"):
+            D.resolve_device("cuda")
+    with pytest.raises(InputError):
+        D.resolve_device("tpu")
+    assert D.per_rank_batch(64, 4) == 16
+    with pytest.raises(InputError, match="not divisible"):
+        D.per_rank_batch(4, 3)
+
+
+def test_seed_everything_is_per_rank():
+    assert D.seed_everything(504, 1) == 505
+    a = torch.rand(3)
+    D.seed_everything(504, 1)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_autocast_only_where_asked():
+    cpu = torch.device("cpu")
+    with D.autocast(cpu, enabled=True):
+        assert not torch.is_autocast_enabled("cpu")
+    with D.autocast(cpu, enabled=True, cpu=True):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    info = D.init_distributed("cpu")
+    total = D.all_reduce_sum(torch.tensor([float(rank + 1), 1.0]))
+    mine = torch.tensor(D.shard(list(range(10)), info.rank, info.world), dtype=torch.float64).sum()
+    D.all_reduce_sum(mine)
+    D.barrier()
+    if info.is_main:
+        torch.save({"total": total, "shard_sum": mine, "world": info.world}, out)
+    D.cleanup()
+
+
+def test_two_process_gloo_all_reduce(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "result.pt")
+    # fork: the children need not re-import torch, which keeps the test to a few seconds
+    mp.start_processes(_worker, args=(2, port, out), nprocs=2, join=True, start_method="fork")
+    result = torch.load(out)
+    assert result["world"] == 2
+    assert result["total"].tolist() == [3.0, 2.0]
+    assert result["shard_sum"].item() == sum(range(10))
