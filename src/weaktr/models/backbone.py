@@ -1,0 +1,174 @@
+"""A timm ViT with C class tokens that also returns every block's attention and attention output.
+
+WeakTr's AAF fuses all K·H self-attention maps and pools the attention sub-layer outputs, so each
+block is run by :func:`block_forward`, which computes attention explicitly once and reuses the timm
+block's own parameters (no hooks, no second pass). The final ``norm`` is kept for weight loading
+but never applied (golden O1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers.attention import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from weaktr.models.timm_factory import create_backbone
+
+
+@dataclass
+class BackboneOutput:
+    """Block-K tokens (B, T, D) with T = C + h·w, plus per-block captures (one list entry per block).
+
+    ``attn``: softmax attention (B, heads, T, T) before attention dropout.
+    ``attn_out``: attention sub-layer output after the output projection (B, T, D), before the residual.
+    ``head_out``: per-head A·V (B, heads, T, d), the paper's attention features.
+    """
+
+    tokens: torch.Tensor
+    attn: list[torch.Tensor]
+    attn_out: list[torch.Tensor]
+    head_out: list[torch.Tensor]
+    grid: tuple[int, int]
+
+
+def resize_pos_embed(
+    pos_embed: torch.Tensor, num_prefix: int, grid: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Position embedding for a ``grid`` = (h, w) patch grid of an image of ``image_size`` = (H, W) pixels.
+
+    The authors' (DINO) rule, golden O4: skipped only for a square image whose grid is the trained
+    g×g grid; otherwise the patch slots are resampled bicubically with scale factor
+    ((h+0.1)/g, (w+0.1)/g) — not to a target size, which samples at different positions.
+    Class slots are never touched.
+    """
+    h, w = grid
+    n = pos_embed.shape[1] - num_prefix
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ValueError(f"position embedding has {n} patch slots, not a square grid")
+    if h * w == n and image_size[0] == image_size[1]:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    patch = pos_embed[:, num_prefix:].reshape(1, g, g, dim).permute(0, 3, 1, 2)
+    patch = F.interpolate(
+        patch, scale_factor=((h + 0.1) / g, (w + 0.1) / g), mode="bicubic", align_corners=False
+    )
+    if patch.shape[-2:] != (h, w):
+        raise RuntimeError(f"position grid resized to {tuple(patch.shape[-2:])}, expected {(h, w)}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, h * w, dim)
+    return torch.cat((pos_embed[:, :num_prefix], patch), dim=1)
+
+
+def block_forward(
+    block: Block, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pre-norm timm block; returns (new tokens, attention, post-projection output, per-head A·V)."""
+    attn_mod: Attention = block.attn
+    y = block.norm1(x)
+    B, T, _ = y.shape
+    heads, hd = attn_mod.num_heads, attn_mod.head_dim
+    q, k, v = attn_mod.qkv(y).reshape(B, T, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
+    attn = ((q @ k.transpose(-2, -1)) * attn_mod.scale).softmax(dim=-1)
+    head_out = attn_mod.attn_drop(attn) @ v
+    out = attn_mod.proj_drop(attn_mod.proj(attn_mod.norm(head_out.transpose(1, 2).reshape(B, T, heads * hd))))
+    x = x + block.drop_path1(block.ls1(out))
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return x, attn, out, head_out
+
+
+class ViTBackbone(nn.Module):
+    """timm VisionTransformer with ``num_classes`` class tokens (and position slots) before the patches."""
+
+    def __init__(
+        self,
+        name: str = "deit_small_patch16_224",
+        num_classes: int = 20,
+        img_size: int = 224,
+        pretrained: str | None = None,
+        stem: str = "patch",
+        drop_path: float = 0.1,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        vit = create_backbone(
+            name,
+            pretrained,
+            stem,
+            num_classes=0,
+            global_pool="",
+            img_size=img_size,
+            drop_path_rate=drop_path,
+            dynamic_img_size=True,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            act_layer=nn.GELU,
+            **overrides,
+        )
+        _check_supported(vit, name)
+        self.vit = vit
+        self.num_tokens = num_classes
+        with torch.no_grad():
+            cls = vit.cls_token.expand(-1, num_classes, -1).clone()
+            pos = torch.cat((vit.pos_embed[:, :1].expand(-1, num_classes, -1), vit.pos_embed[:, 1:]), dim=1)
+        if pretrained is None:
+            trunc_normal_(cls, std=0.02)
+            trunc_normal_(pos, std=0.02)
+        vit.cls_token = nn.Parameter(cls)
+        vit.pos_embed = nn.Parameter(pos)
+        vit.num_prefix_tokens = num_classes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    @property
+    def depth(self) -> int:
+        return len(self.vit.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return self.vit.blocks[0].attn.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.vit.blocks[0].attn.head_dim
+
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        """(B, 3, H, W) -> tokens after the last block (no final norm) and the per-block captures."""
+        H, W = x.shape[-2:]
+        embed = self.vit.patch_embed
+        if isinstance(embed, PatchEmbed):  # a strided patch conv floors the grid: crop like it does
+            ph, pw = embed.patch_size
+            x = x[..., : H // ph * ph, : W // pw * pw]
+        patches = embed(x)  # (B, h, w, D): dynamic_img_size makes timm keep the grid
+        B, h, w, D = patches.shape
+        tokens = torch.cat((self.vit.cls_token.expand(B, -1, -1), patches.reshape(B, h * w, D)), dim=1)
+        tokens = tokens + resize_pos_embed(self.vit.pos_embed, self.num_tokens, (h, w), (H, W))
+        tokens = self.vit.norm_pre(self.vit.pos_drop(tokens))
+        attn, attn_out, head_out = [], [], []
+        for block in self.vit.blocks:
+            tokens, a, o, ho = block_forward(block, tokens)
+            attn.append(a)
+            attn_out.append(o)
+            head_out.append(ho)
+        return BackboneOutput(tokens, attn, attn_out, head_out, (h, w))
+
+
+def _check_supported(vit: nn.Module, name: str) -> None:
+    """Fail early on timm models whose token layout or blocks :func:`block_forward` does not cover."""
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"{name!r} is not a timm VisionTransformer ({type(vit).__name__})")
+    if not vit.has_class_token or vit.num_reg_tokens or vit.no_embed_class or vit.pos_embed is None:
+        raise ValueError(f"{name!r} needs one class token with a position slot and no register tokens")
+    for block in vit.blocks:
+        if type(block) is not Block or type(block.attn) is not Attention or block.attn.gate is not None:
+            raise ValueError(f"{name!r} uses blocks other than timm's pre-norm Block with plain Attention")

@@ -1,0 +1,311 @@
+"""Unit tests of the phase-1 CAM network on tiny configs (shapes, O4 rule, AAF layout, detach, I/O)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from weaktr.errors import InputError
+from weaktr.io import save_checkpoint
+from weaktr.models.aaf import AAF
+from weaktr.models.backbone import ViTBackbone, block_forward, resize_pos_embed
+from weaktr.models.cam import (
+    CAMConfig,
+    CAMNet,
+    build_cam_model,
+    cam_loss,
+    convert_official_cam_state,
+    load_cam_model,
+    map_official_key,
+    save_cam_model,
+)
+
+TINY = dict(
+    num_classes=3,
+    img_size=32,
+    patch_size=16,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    drop_path=0.0,
+    aaf_reduction=2.0,
+    aaf_feat_reduction=4,
+)
+
+
+def tiny(**kw: object) -> CAMNet:
+    torch.manual_seed(0)
+    return build_cam_model(CAMConfig(**{**TINY, **kw})).eval()
+
+
+def test_shapes_patch16_non_square_and_non_divisible() -> None:
+    model = tiny()
+    out = model(torch.randn(2, 3, 50, 90))  # floors to a 3x5 grid like the strided patch conv
+    B, C, h, w, N, M = 2, 3, 3, 5, 15, 2 * 4
+    for name, shape in [
+        ("cls_logits", (B, C)),
+        ("coarse_logits", (B, C)),
+        ("fine_logits", (B, C)),
+        ("coarse_cam", (B, C, h, w)),
+        ("cross_attn", (B, C, h, w)),
+        ("fused_cam", (B, C, h, w)),
+        ("fine_cam", (B, C, h, w)),
+        ("patch_attn", (B, N, N)),
+        ("aaf_weights", (B, M)),
+    ]:
+        assert tuple(getattr(out, name).shape) == shape, name
+    assert out.cam is out.fine_cam
+    assert tiny(refine=False)(torch.randn(1, 3, 32, 48)).cam.shape == (1, 3, 2, 3)
+
+
+def test_shapes_conv_stem_patch8() -> None:
+    model = tiny(stem="conv", patch_size=8)
+    out = model(torch.randn(2, 3, 40, 64))
+    assert out.fine_cam.shape == (2, 3, 5, 8) and out.patch_attn.shape == (2, 40, 40)
+    assert torch.isfinite(out.fine_cam).all()
+
+
+def test_backbone_structure() -> None:
+    b = ViTBackbone("deit_small_patch16_224", 5, 32, None, "patch", 0.1, embed_dim=64, depth=3, num_heads=4)
+    assert b.vit.cls_token.shape == (1, 5, 64) and b.vit.pos_embed.shape == (1, 5 + 4, 64)
+    assert [
+        blk.drop_path1.drop_prob if hasattr(blk.drop_path1, "drop_prob") else 0.0 for blk in b.vit.blocks
+    ] == pytest.approx([0.0, 0.05, 0.1])
+    blk = b.vit.blocks[0]
+    assert blk.norm1.eps == 1e-6 and blk.mlp.act.approximate == "none" and blk.attn.qkv.bias is not None
+    out = b(torch.randn(1, 3, 32, 32))
+    assert len(out.attn) == 3 and out.attn[0].shape == (1, 4, 9, 9)
+    torch.testing.assert_close(out.attn[0].sum(-1), torch.ones(1, 4, 9))  # softmax rows
+
+
+def test_block_captures_match_timm_block() -> None:
+    """The explicit block forward reproduces timm's own Block.forward (same parameters, one pass)."""
+    b = ViTBackbone(
+        "deit_small_patch16_224", 2, 32, None, "patch", 0.0, embed_dim=64, depth=1, num_heads=4
+    ).eval()
+    x = torch.randn(2, 6, 64)
+    y, attn, out, head_out = block_forward(b.vit.blocks[0], x)
+    torch.testing.assert_close(y, b.vit.blocks[0](x))
+    torch.testing.assert_close(out, b.vit.blocks[0].attn(b.vit.blocks[0].norm1(x)))
+    assert head_out.shape == (2, 4, 6, 16) and attn.shape == (2, 4, 6, 6)
+
+
+def test_pretrained_class_token_replicated(tmp_path) -> None:
+    src = timm.create_model("deit_small_patch16_224", embed_dim=64, depth=1, num_heads=4, img_size=32)
+    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
+    b = ViTBackbone(
+        "deit_small_patch16_224",
+        3,
+        32,
+        str(tmp_path / "w.safetensors"),
+        "patch",
+        0.0,
+        embed_dim=64,
+        depth=1,
+        num_heads=4,
+    )
+    assert torch.equal(b.vit.cls_token[0], src.cls_token[0].expand(3, -1))
+    assert torch.equal(b.vit.pos_embed[0, :3], src.pos_embed[0, :1].expand(3, -1))
+    assert torch.equal(b.vit.pos_embed[0, 3:], src.pos_embed[0, 1:])
+
+
+def test_pos_embed_o4_rule() -> None:
+    torch.manual_seed(0)
+    g, C, D = 14, 2, 8
+    pos = torch.randn(1, C + g * g, D)
+    assert resize_pos_embed(pos, C, (14, 14), (224, 224)) is pos  # square 14x14: skipped
+
+    grid_img = pos[:, C:].reshape(1, g, g, D).permute(0, 3, 1, 2)
+    for grid, size in [((14, 14), (224, 232)), ((10, 17), (160, 272))]:
+        got = resize_pos_embed(pos, C, grid, size)
+        assert got.shape == (1, C + grid[0] * grid[1], D)
+        assert torch.equal(got[:, :C], pos[:, :C])  # class slots untouched
+        want = F.interpolate(
+            grid_img,
+            scale_factor=((grid[0] + 0.1) / g, (grid[1] + 0.1) / g),
+            mode="bicubic",
+            align_corners=False,
+        )
+        torch.testing.assert_close(got[:, C:], want.permute(0, 2, 3, 1).reshape(1, -1, D))
+        by_size = F.interpolate(grid_img, size=grid, mode="bicubic", align_corners=False)
+        assert not torch.allclose(got[:, C:], by_size.permute(0, 2, 3, 1).reshape(1, -1, D), atol=1e-4)
+    # a non-square 14x14 grid is still interpolated (14.1/14 is not the identity)
+    assert not torch.allclose(resize_pos_embed(pos, C, (14, 14), (224, 232)), pos, atol=1e-4)
+
+
+def test_aaf_index_layout_head_major_strided() -> None:
+    K, H, d, T, B = 3, 2, 4, 5, 1
+    aaf = AAF(K, H, d, reduction=2.0, feat_reduction=2)
+    attn = [torch.zeros(B, H, T, T) + torch.arange(H).view(1, H, 1, 1) * 10 + layer for layer in range(K)]
+    maps = aaf.stack_maps(attn)
+    assert [maps[0, i, 0, 0].item() for i in range(K * H)] == [10 * (i // K) + i % K for i in range(K * H)]
+    attn_out = [torch.zeros(B, T, H * d) + torch.arange(H * d) + 100 * layer for layer in range(K)]
+    feats = aaf.stack_features(attn_out, [])
+    assert feats.shape == (B, K * H, T, d)
+    for head in range(H):
+        for layer in range(K):
+            expect = torch.tensor([100.0 * layer + j * H + head for j in range(d)])
+            assert torch.equal(feats[0, head * K + layer, 0], expect)
+    paper = AAF(K, H, d, features="paper", reduction=2.0, feat_reduction=2)
+    head_out = [torch.randn(B, H, T, d) for _ in range(K)]
+    assert torch.equal(paper.stack_features([], head_out)[0, 1 * K + 2], head_out[2][0, 1])
+
+
+def test_aaf_forward_formula() -> None:
+    torch.manual_seed(0)
+    K, H, d, T, B = 2, 3, 8, 6, 2
+    for pool in ("max", "avg"):
+        aaf = AAF(K, H, d, pool=pool, reduction=3.0, feat_reduction=4)
+        assert aaf.attn_head_ffn[0].weight.shape == (2, 6) and aaf.attn_feat_ffn[0].weight.shape == (2, 8)
+        assert aaf.attn_head_ffn[0].bias is None and aaf.attn_head_ffn[2].bias is None
+        attn = [torch.rand(B, H, T, T) for _ in range(K)]
+        attn_out = [torch.randn(B, T, H * d) for _ in range(K)]
+        res = aaf(attn, attn_out, [])
+        feats = aaf.stack_features(attn_out, [])
+        pooled = feats.amax(2) if pool == "max" else feats.mean(2)
+        f0, f1 = aaf.attn_feat_ffn
+        scores = (pooled @ f0.weight.T + f0.bias) @ f1.weight.T + f1.bias  # no activation in between
+        w = torch.sigmoid(
+            torch.relu(scores[..., 0] @ aaf.attn_head_ffn[0].weight.T) @ aaf.attn_head_ffn[2].weight.T
+        )
+        torch.testing.assert_close(res.weights, w)
+        want = sum(w[:, i, None, None] * aaf.stack_maps(attn)[:, i] for i in range(K * H)) / (K * H)
+        torch.testing.assert_close(res.fused, want)
+
+
+def test_fine_cam_is_patch_attention_times_fused_per_class() -> None:
+    model = tiny()
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.backbone(x)
+        fused = model.aaf(feats.attn, feats.attn_out, feats.head_out).fused
+    C = 3
+    torch.testing.assert_close(out.cross_attn, fused[:, :C, C:].reshape(2, C, 3, 4))
+    torch.testing.assert_close(out.patch_attn, fused[:, C:, C:])
+    torch.testing.assert_close(out.fused_cam, out.cross_attn * out.coarse_cam.relu())
+    for b in range(2):
+        for c in range(C):
+            want = out.patch_attn[b] @ out.fused_cam[b, c].flatten()
+            torch.testing.assert_close(out.fine_cam[b, c].flatten(), want)
+    torch.testing.assert_close(out.fine_logits, out.fine_cam.mean((2, 3)))
+    torch.testing.assert_close(out.coarse_logits, out.coarse_cam.mean((2, 3)))
+    # one patch attention per image: batched outputs equal per-image outputs
+    with torch.no_grad():
+        single = model(x[1:])
+    torch.testing.assert_close(out.fine_cam[1:], single.fine_cam)
+    torch.testing.assert_close(out.patch_attn[1:], single.patch_attn)
+
+
+def _fine_grads(model: CAMNet) -> dict[str, torch.Tensor | None]:
+    model.train()
+    out = model(torch.randn(2, 3, 32, 48))
+    loss = cam_loss(out, torch.tensor([[1.0, 0, 1], [0, 1, 0]]))["fine"]
+    names, params = zip(*model.named_parameters(), strict=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return {n: g for n, g in zip(names, grads, strict=True) if g is not None and g.abs().sum() > 0}
+
+
+def test_detach_semantics() -> None:
+    assert sorted(_fine_grads(tiny())) == sorted(n for n, _ in tiny().aaf.named_parameters(prefix="aaf"))
+    reached = _fine_grads(tiny(detach=False))
+    assert "backbone.vit.blocks.0.attn.qkv.weight" in reached and "head.weight" in reached
+    assert "aaf.attn_head_ffn.0.weight" in reached
+
+
+def test_paper_features_and_mean_fusion() -> None:
+    x = torch.randn(1, 3, 32, 48)
+    labels = torch.tensor([[1.0, 0, 0]])
+    paper = tiny(aaf_features="paper", aaf_pool="avg")
+    out = paper(x)
+    assert torch.isfinite(out.fine_cam).all() and out.aaf_weights.shape == (1, 8)
+    cam_loss(out, labels)["total"].backward()
+    assert paper.aaf.attn_feat_ffn[0].weight.grad is not None
+
+    mean = tiny(fusion="mean")
+    assert not list(mean.aaf.parameters())
+    out = mean(x)
+    assert torch.equal(out.aaf_weights, torch.ones(1, 8))
+    feats = mean.backbone(x)
+    maps = torch.cat(feats.attn, dim=1)  # order is irrelevant for a plain mean
+    torch.testing.assert_close(out.patch_attn, maps.mean(1)[:, 3:, 3:])
+    cam_loss(out, labels)["total"].backward()
+
+
+def test_cam_loss_terms() -> None:
+    out = tiny()(torch.randn(2, 3, 32, 32))
+    y = torch.tensor([[1.0, 0, 1], [0, 0, 1]])
+    losses = cam_loss(out, y)
+    assert set(losses) == {"cls", "coarse", "fine", "total"}
+    torch.testing.assert_close(losses["coarse"], F.multilabel_soft_margin_loss(out.coarse_logits, y))
+    torch.testing.assert_close(losses["total"], losses["cls"] + losses["coarse"] + losses["fine"])
+
+
+def test_config_round_trip_and_errors() -> None:
+    cfg = CAMConfig(**TINY, aaf_pool="avg", detach=False)
+    assert CAMConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(InputError, match="bogus"):
+        CAMConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(InputError, match="aaf_pool"):
+        CAMConfig(aaf_pool="median")
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    model = tiny(stem="conv", patch_size=8, aaf_features="paper")
+    x = torch.randn(1, 3, 40, 48)
+    save_cam_model(tmp_path / "cam.safetensors", model)
+    loaded = load_cam_model(tmp_path / "cam.safetensors", torch.device("cpu"))
+    assert loaded.config == model.config and not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).fine_cam, model(x).fine_cam, rtol=0, atol=0)
+    save_checkpoint(tmp_path / "other.safetensors", model.state_dict(), {"type": "segmenter"})
+    with pytest.raises(InputError, match="not a WeakTr CAM checkpoint"):
+        load_cam_model(tmp_path / "other.safetensors")
+
+
+def _official_state(model: CAMNet) -> dict[str, torch.Tensor]:
+    """Our state under the authors' key names (the inverse of map_official_key)."""
+    inverse = {}
+    for key in model.state_dict():
+        official = key.replace("backbone.vit.", "").replace("aaf.", "adaptive_attention_fusion.")
+        assert map_official_key(official) == key
+        inverse[official] = model.state_dict()[key].clone()
+    return inverse
+
+
+def test_convert_official_keys(tmp_path) -> None:
+    model = tiny(num_classes=5, aaf_reduction=3.0)  # 8 maps -> int(8/3) = 2 hidden units
+    official = _official_state(model)
+    torch.save({"model": official}, tmp_path / "official.pth")
+    save_file(official, str(tmp_path / "official.safetensors"))
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        expect = model(x)
+    for source in (official, tmp_path / "official.pth", str(tmp_path / "official.safetensors")):
+        state, cfg = convert_official_cam_state(source, drop_path=0.0)
+        assert (cfg.num_classes, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.patch_size, cfg.img_size) == (
+            5,
+            64,
+            2,
+            4,
+            16,
+            32,
+        )
+        assert int(8 / cfg.aaf_reduction) == 2 and cfg.aaf_feat_reduction == 4
+        rebuilt = CAMNet(cfg)
+        rebuilt.load_state_dict(state)
+        with torch.no_grad():
+            got = rebuilt.eval()(x)
+        torch.testing.assert_close(got.fine_cam, expect.fine_cam, rtol=0, atol=0)
+        torch.testing.assert_close(got.cls_logits, expect.cls_logits, rtol=0, atol=0)
+    with pytest.raises(InputError, match="query"):
+        convert_official_cam_state({**official, "query": torch.zeros(8)})
+    with pytest.raises(InputError, match="missing"):
+        convert_official_cam_state({k: v for k, v in official.items() if k != "blocks.1.mlp.fc2.bias"})
+    with pytest.raises(InputError, match="non-float"):
+        convert_official_cam_state({**official, "head.bias": torch.zeros(5, dtype=torch.int8)})
