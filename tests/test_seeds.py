@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from weaktr.cam.generate import load_cams, save_cams
-from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams, voc_palette
+from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
 from weaktr.crf import CRFParams
+from weaktr.data.dataset import voc_palette
 from weaktr.errors import InputError
 
 

@@ -17,21 +17,6 @@ from weaktr.errors import InputError
 from weaktr.io import save_label_png
 
 
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (768 ints, 256 RGB entries) for palette PNGs; 255 maps to white-ish."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
 def compact_seed(cams: np.ndarray, threshold: float) -> np.ndarray:
     """Index map 0..K (0 = background) of argmax over [t, cams]; ties go to background as in argmax."""
     cams = np.asarray(cams, dtype=np.float32)
