@@ -1,0 +1,163 @@
+"""Phase-1 timm transforms and the phase-2 mmseg-style SegTrainTransform."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+from weaktr.data.transforms import (
+    PhotoMetricDistortion,
+    SegTrainTransform,
+    _hsv_to_rgb,
+    _rgb_to_hsv,
+    cam_eval_transform,
+    cam_train_transform,
+)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _coded_pair(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A mask with many regions and an image whose grey value encodes the mask id (id * 10)."""
+    rng = np.random.default_rng(0)
+    mask = rng.integers(0, 20, (h // 8 + 1, w // 8 + 1)).astype(np.uint8).repeat(8, 0).repeat(8, 1)[:h, :w]
+    return np.repeat((mask * 10)[..., None], 3, axis=2), mask
+
+
+def test_cam_transforms_shapes():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    x = cam_train_transform(32, MEAN, STD)(img)
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    y = cam_eval_transform(32, MEAN, STD)(img)
+    assert y.shape == (3, 32, 32)
+
+
+def test_seg_output_shapes_and_dtypes():
+    img, mask = _coded_pair(90, 120)
+    x, y = SegTrainTransform(base_size=80, crop=64, mean=MEAN, std=STD, generator=_gen(0))(img, mask)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    assert y.shape == (64, 64) and y.dtype == torch.long
+
+
+def test_small_images_are_padded_with_ignore_and_zero():
+    img, mask = _coded_pair(40, 50)
+    t = SegTrainTransform(
+        base_size=40,
+        ratio_range=(1.0, 1.0),
+        crop=64,
+        mean=MEAN,
+        std=STD,
+        photometric=False,
+        flip_prob=0.0,
+        generator=_gen(1),
+    )
+    x, y = t(img, mask)
+    assert (y[40:] == 255).all() and (y[:, 50:] == 255).all()
+    assert (x[:, 40:] == 0).all() and (x[:, :, 50:] == 0).all()
+    np.testing.assert_array_equal(y[:40, :50].numpy(), mask)
+
+
+def test_resize_sets_short_side_to_base_times_ratio():
+    img, mask = _coded_pair(50, 100)
+    t = SegTrainTransform(
+        base_size=60, ratio_range=(0.5, 0.5), crop=200, photometric=False, generator=_gen(0)
+    )
+    _, y = t(img, mask)
+    valid = y != 255
+    assert valid.any(1).sum() == 30 and valid.any(0).sum() == 60
+
+
+def test_flip_moves_image_and_mask_together():
+    img, mask = _coded_pair(80, 100)
+    outs = []
+    for flip in (0.0, 1.0):
+        t = SegTrainTransform(
+            base_size=80,
+            ratio_range=(1.0, 1.0),
+            crop=64,
+            mean=(0, 0, 0),
+            std=(1, 1, 1),
+            photometric=False,
+            flip_prob=flip,
+            generator=_gen(5),
+        )
+        x, y = t(img, mask)
+        grey = torch.round(x[0] * 255 / 10).long()
+        assert torch.equal(grey, y), "image and mask disagree after crop/flip"
+        outs.append((x, y))
+    assert torch.equal(outs[1][1], outs[0][1].flip(-1))
+    assert torch.equal(outs[1][0], outs[0][0].flip(-1))
+
+
+def _dominant_fraction(y: torch.Tensor) -> tuple[int, float]:
+    labels, counts = torch.unique(y[y != 255], return_counts=True)
+    return len(labels), counts.max().item() / counts.sum().item()
+
+
+def test_cat_max_ratio_is_respected_when_possible():
+    # 200x200 with class 1 in the left 150 columns, class 2 in the right 50: a 100-px crop satisfies
+    # "no class > 75 %" only when its left edge is > 75, i.e. in about a quarter of the draws.
+    mask = np.ones((200, 200), np.uint8)
+    mask[:, 150:] = 2
+    img = np.zeros((200, 200, 3), np.uint8)
+
+    def fractions(cat_max_ratio: float) -> list[float]:
+        out = []
+        for seed in range(30):
+            t = SegTrainTransform(
+                base_size=200,
+                ratio_range=(1.0, 1.0),
+                crop=100,
+                cat_max_ratio=cat_max_ratio,
+                photometric=False,
+                flip_prob=0.0,
+                generator=_gen(seed),
+            )
+            n, frac = _dominant_fraction(t(img, mask)[1])
+            out.append(frac if n > 1 else 1.0)
+        return out
+
+    ok_with = np.mean([f < 0.75 for f in fractions(0.75)])
+    ok_without = np.mean([f < 0.75 for f in fractions(1.0)])
+    assert ok_with >= 0.85 and ok_without <= 0.5, (ok_with, ok_without)
+
+
+def test_single_class_image_still_returns_a_crop():
+    img, mask = np.zeros((100, 100, 3), np.uint8), np.full((100, 100), 3, np.uint8)
+    _, y = SegTrainTransform(base_size=100, ratio_range=(1.0, 1.0), crop=50, generator=_gen(0))(img, mask)
+    assert (y == 3).all()
+
+
+def test_generator_makes_it_reproducible():
+    img, mask = _coded_pair(90, 120)
+    a = SegTrainTransform(base_size=80, crop=64, generator=_gen(9))(img, mask)
+    b = SegTrainTransform(base_size=80, crop=64, generator=_gen(9))(img, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_photometric_distortion_changes_only_the_image():
+    rng = np.random.default_rng(0)
+    img = tv_tensors.Image(torch.from_numpy(rng.integers(0, 256, (3, 16, 16), dtype=np.uint8)))
+    mask = tv_tensors.Mask(torch.from_numpy(rng.integers(0, 5, (1, 16, 16), dtype=np.uint8)))
+    changed = 0
+    for seed in range(8):
+        out_img, out_mask = PhotoMetricDistortion(generator=_gen(seed))(img, mask)
+        assert out_img.dtype == torch.uint8 and out_img.shape == img.shape
+        assert torch.equal(out_mask, mask)
+        changed += int(not torch.equal(out_img, img))
+    assert changed >= 6  # each of 4 steps fires with p 0.5: all skipped has p 1/16
+
+
+def test_hsv_round_trip_and_opencv_units():
+    x = torch.randint(0, 256, (3, 20, 20)).float()
+    assert (_hsv_to_rgb(_rgb_to_hsv(x)) - x).abs().max() < 1e-3
+    pure = torch.eye(3).mul(255.0)[:, :, None, None]  # red, green, blue
+    hues = [_rgb_to_hsv(c)[:, 0, 0].tolist() for c in pure]
+    assert hues == [[0.0, 255.0, 255.0], [60.0, 255.0, 255.0], [120.0, 255.0, 255.0]]  # OpenCV: H in 0..180
