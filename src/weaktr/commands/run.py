@@ -1,0 +1,45 @@
+"""``weaktr run CONFIG [key=value ...]``: the whole pipeline into one run directory, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+from weaktr.commands.common import add_config_args, load_run_config, open_run
+from weaktr.pipeline import STAGE_NAMES, format_summary, run_pipeline
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    """``--force STAGE`` and ``--until STAGE``, shared by ``run`` and ``demo``."""
+    parser.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help=f"redo this stage even if it is complete (repeatable): {', '.join(STAGE_NAMES)}",
+    )
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage")
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run the pipeline for the parsed arguments and print the results table."""
+    ctx = open_run(load_run_config(args))
+    summary = run_pipeline(ctx, force=args.force, until=args.until)
+    if ctx.dist.is_main:
+        print(format_summary(summary))
+        print(f"\nresults: {ctx.run_dir.resolve()}")
+        print(f"  summary: {ctx.run_dir.resolve() / 'summary.json'}")
+        report = ctx.run_dir / "report" / "index.html"
+        if report.is_file():
+            print(f"  report:  {report.resolve()}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run every stage (train CAM → CAMs → seeds → segmenter → predict → report)",
+        description=__doc__,
+    )
+    add_config_args(p)
+    add_pipeline_args(p)
+    p.set_defaults(func=execute)

@@ -1,0 +1,237 @@
+"""``weaktr run``: every stage of WeakTr in order, into one run directory, resumable.
+
+Each stage writes its outputs (atomically, file by file) and then a marker ``stages/<name>.json``.
+A stage whose marker exists is skipped, so a killed run resumes at the stage it was in, and the
+stages themselves skip the per-image files they already wrote. ``force`` redoes named stages from
+scratch (their outputs are removed first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weaktr.commands.common import RunContext
+from weaktr.engine.distributed import barrier
+from weaktr.errors import InputError
+from weaktr.io import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: its name, what it writes (relative to the run dir) and how to run it."""
+
+    name: str
+    outputs: tuple[str, ...]
+    run: Callable[[RunContext], dict[str, Any] | None]
+
+
+def _cam_eval_split(ctx: RunContext) -> str:
+    return ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
+
+
+def _has_gt(ctx: RunContext) -> bool:
+    return ctx.dataset.masks is not None
+
+
+def _train_cam(ctx: RunContext) -> dict[str, Any]:
+    from weaktr.engine.train_cam import train_cam
+
+    return {"model": str(train_cam(ctx))}
+
+
+def _gen_cam(ctx: RunContext) -> dict[str, Any]:
+    from weaktr.cam.stages import gen_cam_stage
+
+    out = gen_cam_stage(
+        ctx,
+        ctx.run_dir / "cam" / "model.safetensors",
+        split=ctx.cfg.data.train_split,
+        kind="default",
+        out_dir=ctx.run_dir / "cams",
+    )
+    return {"cams": str(out)}
+
+
+def _other_refine_kind(ctx: RunContext) -> str:
+    """The CAM variant the pipeline does not use, evaluated for the report (with vs without PA)."""
+    refine = (
+        ctx.cfg.cam_gen.refine
+        if ctx.cfg.cam_gen.refine is not None
+        else ctx.cfg.cam_model.get("refine", True)
+    )
+    return "fused" if refine else "refined"
+
+
+def _eval_cams(ctx: RunContext) -> dict[str, Any]:
+    """Score coarse, used and alternative CAMs on the GT split with a threshold sweep (for reporting)."""
+    from weaktr.cam.stages import evaluate_stage, gen_cam_stage
+
+    if not _has_gt(ctx):
+        return {"skipped": "the data set has no ground-truth masks"}
+    split = _cam_eval_split(ctx)
+    model = ctx.run_dir / "cam" / "model.safetensors"
+    results = {"cam_fine": evaluate_stage(ctx, ctx.run_dir / "cams", split, "cam_fine", sweep=True)}
+    for kind, name in (("coarse", "cam_coarse"), (_other_refine_kind(ctx), f"cam_{_other_refine_kind(ctx)}")):
+        cams = gen_cam_stage(ctx, model, split=split, kind=kind, out_dir=ctx.run_dir / f"cams_{kind}")
+        results[name] = evaluate_stage(ctx, cams, split, name, sweep=True)
+    return {k: _headline(v) for k, v in results.items()}
+
+
+def _seeds(ctx: RunContext) -> dict[str, Any]:
+    from weaktr.cam.stages import evaluate_stage, seeds_stage
+
+    out: dict[str, Any] = {}
+    variants = [("seeds", False)] + ([("seeds_crf", True)] if ctx.cfg.seeds.crf else [])
+    for name, crf in variants:
+        seeds_stage(ctx, ctx.run_dir / "cams", crf=crf, out_dir=ctx.run_dir / name)
+        if _has_gt(ctx):
+            out[name] = _headline(evaluate_stage(ctx, ctx.run_dir / name, _cam_eval_split(ctx), name))
+    return out
+
+
+def _seed_dir(ctx: RunContext) -> Path:
+    return ctx.run_dir / ("seeds_crf" if ctx.cfg.seeds.crf else "seeds")
+
+
+def _train_seg(ctx: RunContext) -> dict[str, Any]:
+    from weaktr.engine.train_seg import train_seg
+
+    gt = ctx.dataset.path(ctx.dataset.masks) if _has_gt(ctx) else None
+    return {"model": str(train_seg(ctx, _seed_dir(ctx), gt_dir=gt))}
+
+
+def _predict(ctx: RunContext) -> dict[str, Any]:
+    from weaktr.cam.stages import evaluate_stage
+    from weaktr.evaluation.predict import predict_split
+
+    model = ctx.run_dir / "seg" / "model.safetensors"
+    out: dict[str, Any] = {}
+    for split in ctx.cfg.predict.splits:
+        pred_dir = predict_split(ctx, model, split, ctx.run_dir / "pred" / split, crf=ctx.cfg.predict.crf)
+        if not _has_gt(ctx) or split not in ctx.dataset.splits:
+            continue
+        is_train = split == ctx.cfg.data.train_split
+        name = "pseudo_masks" if is_train else "segmenter"
+        eval_split = _cam_eval_split(ctx) if is_train else split
+        out[name] = _headline(evaluate_stage(ctx, pred_dir, eval_split, name))
+        if ctx.cfg.predict.crf:
+            nocrf = pred_dir.parent / f"{pred_dir.name}_nocrf"
+            out[f"{name}_nocrf"] = _headline(evaluate_stage(ctx, nocrf, eval_split, f"{name}_nocrf"))
+    return out
+
+
+def _report(ctx: RunContext) -> dict[str, Any]:
+    from weaktr.report.html import build_report
+
+    if not ctx.cfg.report.enabled:
+        return {"skipped": "report.enabled is false"}
+    return {"report": str(build_report(ctx.run_dir))}
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("train_cam", ("cam",), _train_cam),
+    Stage("gen_cam", ("cams",), _gen_cam),
+    Stage("eval_cams", ("cams_coarse", "cams_fused", "cams_refined"), _eval_cams),
+    Stage("seeds", ("seeds", "seeds_crf"), _seeds),
+    Stage("train_seg", ("seg",), _train_seg),
+    Stage("predict", ("pred",), _predict),
+    Stage("report", ("report",), _report),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a summary needs from a metrics dict: mIoU (+ the chosen threshold when swept)."""
+    keep = ("miou", "mean_precision", "mean_recall", "threshold")
+    return {k: scores[k] for k in keep if k in scores}
+
+
+def check_stage_names(names: Sequence[str]) -> None:
+    """Reject unknown stage names, listing the valid ones."""
+    unknown = [n for n in names if n not in STAGE_NAMES]
+    if unknown:
+        raise InputError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
+
+
+def _marker(run_dir: Path, name: str) -> Path:
+    return run_dir / "stages" / f"{name}.json"
+
+
+def run_pipeline(ctx: RunContext, force: Sequence[str] = (), until: str | None = None) -> dict[str, Any]:
+    """Run (or resume) every stage up to ``until``; returns and writes ``summary.json``."""
+    check_stage_names([*force, *([until] if until else [])])
+    run_dir, t_start = ctx.run_dir, time.time()
+    for stage in STAGES:
+        marker = _marker(run_dir, stage.name)
+        if stage.name in force and ctx.dist.is_main:
+            marker.unlink(missing_ok=True)
+            for rel in stage.outputs:
+                shutil.rmtree(run_dir / rel, ignore_errors=True)
+        barrier()
+        if marker.is_file():
+            log.info("stage %s: done before, skipped (--force %s redoes it)", stage.name, stage.name)
+        else:
+            log.info("stage %s: running", stage.name)
+            t0 = time.time()
+            result = stage.run(ctx) or {}
+            if ctx.dist.is_main:
+                write_json(marker, {"stage": stage.name, "seconds": time.time() - t0, "result": result})
+            barrier()
+        if stage.name == until:
+            break
+    summary = write_summary(run_dir, time.time() - t_start) if ctx.dist.is_main else {}
+    return summary
+
+
+def write_summary(run_dir: Path, seconds_this_call: float) -> dict[str, Any]:
+    """``summary.json``: mIoU per artefact from the stage markers and the seconds each stage took."""
+    summary: dict[str, Any] = {}
+    stage_seconds: dict[str, float] = {}
+    for name in STAGE_NAMES:
+        marker = _marker(run_dir, name)
+        if not marker.is_file():
+            continue
+        data = json.loads(marker.read_text())
+        stage_seconds[name] = round(float(data["seconds"]), 1)
+        for key, value in data.get("result", {}).items():
+            if isinstance(value, dict) and "miou" in value:
+                summary[key] = value
+    summary["seconds"] = round(sum(stage_seconds.values()), 1)
+    summary["stage_seconds"] = stage_seconds
+    summary["seconds_this_call"] = round(seconds_this_call, 1)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+SUMMARY_ROWS = (
+    ("cam_coarse", "coarse CAM (train, best threshold)"),
+    ("cam_fine", "fine CAM used for seeds (train, best threshold)"),
+    ("cam_refined", "fine CAM with patch-attention refinement"),
+    ("cam_fused", "fine CAM without patch-attention refinement"),
+    ("seeds", "seeds (train)"),
+    ("seeds_crf", "seeds + label CRF (train)"),
+    ("pseudo_masks_nocrf", "pseudo masks before CRF (train)"),
+    ("pseudo_masks", "pseudo masks (train)"),
+    ("segmenter_nocrf", "segmenter before CRF (val)"),
+    ("segmenter", "segmenter (val)"),
+)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The printed mIoU table of a run."""
+    lines = [f"{'artefact':<52} {'mIoU':>6}", "-" * 59]
+    for key, label in SUMMARY_ROWS:
+        if key in summary:
+            extra = f"  (t = {summary[key]['threshold']:.2f})" if "threshold" in summary[key] else ""
+            lines.append(f"{label:<52} {summary[key]['miou']:>6.3f}{extra}")
+    lines.append(f"{'total seconds':<52} {summary.get('seconds', 0):>6.0f}")
+    return "\n".join(lines)
