@@ -1,0 +1,122 @@
+"""Ablations of the paper's claims on the demo data (``weaktr ablate``).
+
+Each variant is the base config plus overrides. Variants that change only phase 2 reuse the base
+run's phase-1 outputs (linked, not recomputed), so the comparison isolates the decoder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weaktr.commands.common import open_run
+from weaktr.config import load_config
+from weaktr.errors import InputError
+from weaktr.io import atomic_write, write_json
+from weaktr.pipeline import run_pipeline
+
+PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "seeds")
+PHASE1_OUTPUTS = ("cam", "cams", "cams_coarse", "cams_fused", "cams_refined", "seeds", "seeds_crf")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation: a name, the paper table it checks, its overrides, and whether phase 1 changes."""
+
+    name: str
+    claim: str
+    overrides: tuple[str, ...]
+    phase1: bool = False
+
+
+def variants(tau: float, cell: int) -> tuple[Variant, ...]:
+    """The ablations, relative to the base config's τ and cell size S."""
+    return (
+        Variant("base", "the demo config", ()),
+        Variant(
+            "fusion_mean",
+            "Table IV: plain mean of the attention maps instead of AAF",
+            ("cam_model.fusion=mean",),
+            phase1=True,
+        ),
+        Variant(
+            "gc_naive",
+            "Table VII: naive decoder (plain CE, no gradient clipping)",
+            ("seg_train.gc.mode=none",),
+        ),
+        Variant("tau_0", "Table XIV: τ = 0 (clipping never starts)", ("seg_train.gc.tau=0.0",)),
+        Variant(
+            "tau_999", "Table XIV: τ = 999.9 (clipping from the first step)", ("seg_train.gc.tau=999.9",)
+        ),
+        Variant(f"cell_{cell // 2}", f"Table VIII: S = {cell // 2}", (f"seg_train.gc.cell={cell // 2}",)),
+        Variant(f"cell_{cell * 2}", f"Table VIII: S = {cell * 2}", (f"seg_train.gc.cell={cell * 2}",)),
+    )
+
+
+def _link_phase1(base_dir: Path, run_dir: Path) -> None:
+    """Reuse the base run's phase-1 outputs and stage markers in a phase-2-only variant."""
+    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
+    for rel in PHASE1_OUTPUTS:
+        src, dst = base_dir / rel, run_dir / rel
+        if src.exists() and not dst.exists():
+            os.symlink(src.resolve(), dst, target_is_directory=True)
+    for stage in PHASE1_STAGES:
+        marker = base_dir / "stages" / f"{stage}.json"
+        if not marker.is_file():
+            raise InputError(f"the base run has not finished stage {stage}", base_dir)
+        (run_dir / "stages" / f"{stage}.json").write_text(marker.read_text())
+
+
+def run_ablations(
+    config: str, out_dir: Path, overrides: list[str], only: list[str] | None = None
+) -> list[dict]:
+    """Run the base and every variant (or ``only`` those), then write ablation.json and ablation.md."""
+    base_cfg = load_config(config, overrides)
+    table = variants(base_cfg.seg_train.gc.tau, base_cfg.seg_train.gc.cell)
+    names = [v.name for v in table]
+    if only and (unknown := [n for n in only if n not in names]):
+        raise InputError(f"unknown ablation(s) {unknown}; choose from {', '.join(names)}")
+    rows = []
+    for v in table:
+        if only and v.name not in only and v.name != "base":
+            continue
+        run_dir = out_dir / v.name
+        extra = [f"run_dir={run_dir}", "report.enabled=false"]
+        if v.name != "base":
+            extra.append(f"predict.splits=[{base_cfg.data.val_split}]")
+        cfg = load_config(config, [*overrides, *v.overrides, *extra])
+        if not v.phase1 and v.name != "base":
+            _link_phase1(out_dir / "base", run_dir)
+        summary = run_pipeline(open_run(cfg))
+        rows.append(
+            {
+                "variant": v.name,
+                "claim": v.claim,
+                "overrides": list(v.overrides),
+                **{
+                    k: summary[k]["miou"]
+                    for k in ("cam_fine", "seeds_crf", "segmenter_nocrf", "segmenter")
+                    if k in summary
+                },
+                "seconds": summary.get("seconds"),
+            }
+        )
+    write_json(out_dir / "ablation.json", rows)
+    with atomic_write(out_dir / "ablation.md") as tmp:
+        tmp.write_text(format_table(rows))
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of the ablation results (mIoU on the demo data)."""
+    cols = ("cam_fine", "seeds_crf", "segmenter_nocrf", "segmenter")
+    lines = [
+        "| variant | what it checks | overrides | fine CAM | seeds+CRF | segmenter | segmenter+CRF |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        vals = " | ".join(f"{r[c]:.3f}" if c in r else "–" for c in cols)
+        lines.append(f"| {r['variant']} | {r['claim']} | {' '.join(r['overrides']) or '–'} | {vals} |")
+    return "\n".join(lines) + "\n"
