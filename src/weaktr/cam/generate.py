@@ -9,8 +9,10 @@ patch attention and one label vector per image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +24,12 @@ from weaktr.errors import InputError
 from weaktr.io import atomic_write
 
 MINMAX_EPS = 1e-8
+# 'default' = the model's own choice (refined fine CAM, or CA ⊙ ReLU(coarse) when refine is off);
+# 'coarse' = ReLU(coarse CAM); 'fused' = CA ⊙ ReLU(coarse); 'refined' = PA · fused.
+CAM_KINDS = ("default", "coarse", "fused", "refined")
+# A good cap on the input pixels of the images batched together: one VOC image at scales 1.0 and 1.2
+# (the stacked attention maps of 4 inputs are ~1 GB) or about twenty 96 px demo images.
+DEFAULT_MAX_PIXELS = 1 << 19
 
 ImageSource = str | Path | np.ndarray | Callable[[], np.ndarray]
 
@@ -90,6 +98,19 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+def select_cam(out: Any, kind: str, refine: bool) -> torch.Tensor:
+    """The (B, C, h, w) map of one forward that ``kind`` names (see :data:`CAM_KINDS`)."""
+    if kind == "default":
+        return out.fine_cam if refine else out.fused_cam
+    if kind == "coarse":
+        return F.relu(out.coarse_cam)
+    if kind == "fused":
+        return out.fused_cam
+    if kind == "refined":
+        return out.fine_cam
+    raise InputError(f"unknown CAM kind {kind!r}; choose one of {', '.join(CAM_KINDS)}")
+
+
 def label_vector(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
     """Multi-hot (C,) vector from foreground label ids 1..C (label id = class-token index + 1)."""
     vec = torch.zeros(num_classes, dtype=torch.float32)
@@ -98,6 +119,79 @@ def label_vector(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
             raise InputError(f"label id {lid} is outside 1..{num_classes} for this model")
         vec[int(lid) - 1] = 1.0
     return vec
+
+
+@dataclass
+class PreparedImage:
+    """One image ready for the network: its scaled inputs (unflipped) and its image-level labels."""
+
+    image_id: str
+    label_ids: list[int]
+    inputs: list[torch.Tensor]
+
+    @property
+    def pixels(self) -> int:
+        return sum(x.shape[-2] * x.shape[-1] for x in self.inputs)
+
+
+def prepare_image(
+    image_id: str,
+    image: np.ndarray,
+    label_ids: Sequence[int],
+    scales: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> PreparedImage:
+    """Resize and normalise once, so batching and DataLoader workers handle ready tensors."""
+    return PreparedImage(image_id, [int(i) for i in label_ids], preprocess_scales(image, scales, mean, std))
+
+
+def batch_cams(
+    model: torch.nn.Module,
+    images: Sequence[PreparedImage],
+    device: torch.device,
+    amp: bool = False,
+    kind: str = "default",
+    flip: bool = True,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Multi-scale (+ flip) CAMs of several images with one forward per distinct input size.
+
+    Every input of the same size (an image's scale and its flip, equal scales, other images of that
+    size) shares one forward; each keeps its own patch attention and label vector, since the model
+    works per sample. Returns ``(cams, classes)`` per image, as :func:`multiscale_cam`.
+    """
+    config = _unwrap(model).config
+    labels = [label_vector(p.label_ids, config.num_classes) for p in images]
+    views = (False, True) if flip else (False,)
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for n, p in enumerate(images):
+        if labels[n].any():  # an image without labels has nothing to localise: no forward
+            for i, x in enumerate(p.inputs):
+                groups.setdefault((x.shape[-2], x.shape[-1]), []).append((n, i))
+    maps: dict[tuple[int, int, bool], torch.Tensor] = {}
+    with torch.inference_mode():
+        for members in groups.values():
+            batch = [
+                images[n].inputs[i].flip(-1) if v else images[n].inputs[i] for n, i in members for v in views
+            ]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                cam = select_cam(model(torch.stack(batch).to(device)), kind, config.refine)
+            keys = [(n, i, v) for n, i in members for v in views]
+            maps.update(zip(keys, cam.float(), strict=True))
+        # Fusion stays in float32 even under AMP: the min–max step amplifies rounding (golden README).
+        results = []
+        for n, p in enumerate(images):
+            out_size = (p.inputs[0].shape[-2], p.inputs[0].shape[-1])
+            classes = torch.nonzero(labels[n] > 0).flatten() + 1
+            if len(classes) == 0:
+                results.append((torch.zeros((0, *out_size), dtype=torch.float32), classes))
+                continue
+            order = [(n, i, v) for i in range(len(p.inputs)) for v in views]  # the authors' sum order
+            cams, _ = fuse_cams(
+                [maps[k] for k in order], [k[2] for k in order], labels[n].to(device), out_size
+            )
+            results.append((cams.cpu(), classes))
+    return results
 
 
 def multiscale_cam(
@@ -109,36 +203,16 @@ def multiscale_cam(
     std: Sequence[float],
     device: torch.device,
     amp: bool = False,
+    kind: str = "default",
+    flip: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale + flip CAMs of one image; the model must be in eval mode.
 
     Returns ``(cams, classes)``: float32 (K, H, W) on the CPU at the first scale's size and the int64
-    label ids of the K present classes (ascending).
+    label ids of the K present classes (ascending). ``kind`` picks the fused map (:data:`CAM_KINDS`).
     """
-    config = _unwrap(model).config
-    labels = label_vector(label_ids, config.num_classes)
-    classes = torch.nonzero(labels > 0).flatten() + 1
-    inputs = preprocess_scales(image, scales, mean, std)
-    out_size = tuple(inputs[0].shape[-2:])
-    if len(classes) == 0:
-        return torch.zeros((0, *out_size), dtype=torch.float32), classes
-    # Group scales of equal size so each group is one forward; inputs stay in dataset order afterwards.
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, x in enumerate(inputs):
-        groups.setdefault(tuple(x.shape[-2:]), []).append(i)
-    maps: list[torch.Tensor | None] = [None] * (2 * len(inputs))
-    with torch.inference_mode():
-        for idx in groups.values():
-            batch = torch.stack([t for i in idx for t in (inputs[i], inputs[i].flip(-1))]).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(batch)
-            cam = out.fine_cam if config.refine else out.fused_cam
-            for j, i in enumerate(idx):
-                maps[2 * i], maps[2 * i + 1] = cam[2 * j].float(), cam[2 * j + 1].float()
-        # Fusion stays in float32 even under AMP: the min–max step amplifies rounding (golden README).
-        flips = [bool(k % 2) for k in range(len(maps))]
-        cams, _ = fuse_cams([m for m in maps if m is not None], flips, labels.to(device), out_size)
-    return cams.cpu(), classes
+    prepared = prepare_image("", image, label_ids, scales, mean, std)
+    return batch_cams(model, [prepared], device, amp, kind, flip)[0]
 
 
 def read_image_source(source: ImageSource) -> np.ndarray:
@@ -177,6 +251,53 @@ def load_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return cams, classes
 
 
+def _prepare_job(
+    job: tuple[str, ImageSource, Sequence[int], Sequence[float], Sequence[float], Sequence[float]],
+) -> PreparedImage:
+    image_id, source, label_ids, scales, mean, std = job
+    return prepare_image(image_id, read_image_source(source), label_ids, scales, mean, std)
+
+
+class _PrepareDataset(torch.utils.data.Dataset):
+    """Reading and resizing in DataLoader workers, so the network never waits for JPEG decoding."""
+
+    def __init__(self, jobs: list[Any]) -> None:
+        self.jobs = jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> PreparedImage:
+        return _prepare_job(self.jobs[index])
+
+
+def _identity(x: PreparedImage) -> PreparedImage:
+    return x
+
+
+def _chunks(prepared: Iterable[PreparedImage], max_pixels: int) -> Iterator[list[PreparedImage]]:
+    """Consecutive images whose inputs hold at most ``max_pixels`` together (always at least one).
+
+    When reading an image fails, the images read before it are still handed out, then the error is
+    raised, so every image before a broken file gets its output.
+    """
+    pending: list[PreparedImage] = []
+    pixels = 0
+    try:
+        for p in prepared:
+            if pending and pixels + p.pixels > max_pixels:
+                yield pending
+                pending, pixels = [], 0
+            pending.append(p)
+            pixels += p.pixels
+    except Exception:
+        if pending:
+            yield pending
+        raise
+    if pending:
+        yield pending
+
+
 def generate_cams(
     model: torch.nn.Module,
     items: Sequence[tuple[str, ImageSource, Sequence[int]]],
@@ -189,22 +310,39 @@ def generate_cams(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    kind: str = "default",
+    flip: bool = True,
+    max_pixels: int = 0,
+    num_workers: int = 0,
 ) -> int:
     """Write ``out_dir/<id>.npz`` for this rank's share of ``items``; returns how many were written.
 
-    Existing outputs are skipped, so a killed job resumes where it stopped.
+    Existing outputs are skipped, so a killed job resumes where it stopped. Consecutive images are
+    batched while their scaled inputs hold at most ``max_pixels`` pixels, and inputs of equal size
+    then share a forward (0 = one image per batch; stages pass :data:`DEFAULT_MAX_PIXELS`).
+    ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes.
     """
+    if kind not in CAM_KINDS:
+        raise InputError(f"unknown CAM kind {kind!r}; choose one of {', '.join(CAM_KINDS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [it for it in list(items)[rank::world] if not (out_dir / f"{it[0]}.npz").exists()]
+    jobs = [(str(i), src, list(lab), list(scales), list(mean), list(std)) for i, src, lab in todo]
+    prepared: Iterable[PreparedImage]
+    if num_workers > 0 and len(jobs) > 1:
+        prepared = torch.utils.data.DataLoader(
+            _PrepareDataset(jobs), batch_size=None, num_workers=num_workers, collate_fn=_identity
+        )
+    else:
+        prepared = map(_prepare_job, jobs)
     model.eval()
     written = 0
-    for image_id, source, label_ids in tqdm(
-        todo, desc="gen-cam", unit="img", disable=not progress or rank != 0
-    ):
-        cams, classes = multiscale_cam(
-            model, read_image_source(source), label_ids, scales, mean, std, device, amp
-        )
-        save_cams(out_dir / f"{image_id}.npz", cams.numpy(), classes.numpy())
-        written += 1
+    with tqdm(total=len(jobs), desc="gen-cam", unit="img", disable=not progress or rank != 0) as bar:
+        for chunk in _chunks(prepared, max_pixels):
+            for p, (cams, classes) in zip(
+                chunk, batch_cams(model, chunk, device, amp, kind, flip), strict=True
+            ):
+                save_cams(out_dir / f"{p.image_id}.npz", cams.numpy(), classes.numpy())
+            written += len(chunk)
+            bar.update(len(chunk))
     return written

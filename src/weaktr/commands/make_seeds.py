@@ -1,0 +1,31 @@
+"""``weaktr make-seeds``: threshold CAMs into seed label maps, refined by the label CRF by default."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from weaktr.cam.stages import seeds_stage
+from weaktr.commands.common import add_config_args, load_run_config, open_run
+from weaktr.engine.logging import setup_logging
+
+
+def execute(args: argparse.Namespace) -> int:
+    ctx = open_run(load_run_config(args))
+    setup_logging(ctx.run_dir, ctx.dist.is_main)
+    crf = ctx.cfg.seeds.crf and not args.no_crf
+    cams = Path(args.cams) if args.cams else ctx.run_dir / "cams"
+    out = Path(args.out) if args.out else ctx.run_dir / ("seeds_crf" if crf else "seeds")
+    seeds_stage(ctx, cams, crf=crf, out_dir=out)
+    if ctx.dist.is_main:
+        print(f"seeds: {out.resolve()}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-seeds", help="CAMs → seed label PNGs (+ label CRF)", description=__doc__)
+    p.add_argument("--cams", help="CAM folder (default: RUN_DIR/cams)")
+    p.add_argument("--no-crf", action="store_true", help="skip the label CRF (default: seeds.crf)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/seeds_crf, or RUN_DIR/seeds without CRF)")
+    add_config_args(p)
+    p.set_defaults(func=execute)
