@@ -1,28 +1,40 @@
 """Figures of the visual report, drawn with matplotlib into PNG files.
 
 Each function takes plain arrays (no run-directory knowledge) so the figures can be tested alone
-and reused from notebooks.
+and reused from notebooks. matplotlib is the optional ``viz`` extra; without it importing this
+module raises an :class:`~weaktr.errors.InputError` that says how to install it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are files; never open a window
-import matplotlib.pyplot as plt
 import numpy as np
 
+from weaktr.errors import InputError
 from weaktr.io import atomic_write
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")  # figures are files; never open a window
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise InputError(
+        "the report needs matplotlib, which is not installed: pip install 'weaktr[viz]'"
+    ) from exc
+
+DPI = 110
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
     """Save a figure atomically as PNG and close it."""
     path = Path(path)
     with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -41,46 +53,70 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
 
 
 def image_grid(
-    rows: Sequence[Sequence[np.ndarray]],
+    rows: Sequence[Sequence[np.ndarray | None]],
     col_titles: Sequence[str],
     path: str | Path,
     row_titles: Sequence[str] | None = None,
-    markers: Sequence[tuple[int, int] | None] | None = None,
+    markers: Sequence[tuple[float, float] | None] | None = None,
     marker_col: int | None = None,
+    cell_inches: float = 1.8,
+    cell_titles: Sequence[Sequence[str]] | None = None,
 ) -> Path:
-    """A grid of images (uint8 or float RGB); optional (y, x) markers drawn in column ``marker_col``."""
+    """A grid of framed images (uint8 or float RGB); ``None`` cells say "not available", short rows end blank.
+
+    ``markers`` hold one (y, x) pixel position per row, drawn as a star in column ``marker_col``;
+    ``cell_titles`` (one list per row) replace the column titles above every cell.
+    """
     n_rows, n_cols = len(rows), len(col_titles)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.0 * n_cols, 2.0 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(cell_inches * n_cols, cell_inches * n_rows), squeeze=False
+    )
     for r, row in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r][c]
-            ax.axis("off")
-            if c < len(row) and row[c] is not None:
-                ax.imshow(row[c])
-            if r == 0:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():  # a thin frame keeps black label maps apart
+                spine.set_color("0.75")
+            cell = row[c] if c < len(row) else None
+            if cell is not None:
+                ax.imshow(cell)
+            elif c < len(row):
+                ax.text(0.5, 0.5, "not available", ha="center", va="center", fontsize=7, color="0.5")
+            else:
+                ax.axis("off")
+            if cell_titles is not None and c < len(cell_titles[r]):
+                ax.set_title(cell_titles[r][c], fontsize=7)
+            elif r == 0 and cell_titles is None:
                 ax.set_title(col_titles[c], fontsize=8)
             if c == 0 and row_titles:
                 ax.text(
-                    -0.05, 0.5, row_titles[r], transform=ax.transAxes, ha="right", va="center", fontsize=7
+                    -0.06, 0.5, row_titles[r], transform=ax.transAxes, ha="right", va="center", fontsize=7
                 )
-            if markers and marker_col == c and markers[r] is not None:
+            if markers and marker_col == c and markers[r] is not None and cell is not None:
                 y, x = markers[r]
-                ax.plot([x], [y], marker="*", color="white", markersize=10, markeredgecolor="black")
-    fig.tight_layout()
+                ax.plot([x], [y], marker="*", color="white", markersize=11, markeredgecolor="black")
+    fig.tight_layout(pad=0.3, w_pad=0.5, h_pad=0.5)
     return _save(fig, path)
 
 
 def aaf_heatmap(weights: np.ndarray, depth: int, heads: int, path: str | Path) -> Path:
     """AAF weights (depth·heads,) in the authors' head-major order (head·depth + layer) as layers × heads."""
     grid = np.asarray(weights, dtype=np.float64).reshape(heads, depth).T
-    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * heads, 0.8 + 0.35 * depth))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.5 * heads, 1.0 + 0.4 * depth))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(heads))
+    ax.set_xticklabels([str(i + 1) for i in range(heads)])
     ax.set_yticks(range(depth))
     ax.set_yticklabels([str(i + 1) for i in range(depth)])
     ax.set_title("AAF weight per attention map (mean over images)", fontsize=9)
+    if depth * heads <= 48:  # small grids (the demo's 2 × 4) read better with the numbers written in
+        lo, hi = float(grid.min()), float(grid.max())
+        for (i, j), v in np.ndenumerate(grid):
+            light = hi > lo and (v - lo) / (hi - lo) < 0.5
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="white" if light else "k")
     fig.colorbar(im, ax=ax)
     return _save(fig, path)
 
@@ -90,34 +126,59 @@ def iou_bars(per_class: Mapping[str, Mapping[str, float]], path: str | Path) -> 
     names = list(per_class)
     classes = list(dict.fromkeys(c for v in per_class.values() for c in v))
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(classes) * max(1, len(names)) / 2), 3.2))
+    fig_w = float(np.clip(1.5 + 0.22 * len(classes) * max(1, len(names)) ** 0.5, 6.0, 22.0))
+    fig, ax = plt.subplots(figsize=(fig_w, 3.4))
     x = np.arange(len(classes))
     for i, name in enumerate(names):
         vals = [per_class[name].get(c, np.nan) for c in classes]
         ax.bar(x + i * width - 0.4 + width / 2, np.nan_to_num(vals), width, label=name)
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(classes) - 0.4)
     ax.set_ylim(0, 1)
     ax.set_ylabel("IoU")
-    ax.legend(fontsize=7, ncol=min(len(names), 4))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
-def curves(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    path: str | Path,
-    title: str,
-    log_y: bool = False,
-) -> Path:
-    """Line plot of named (x, y) series, e.g. losses and learning rate against the step."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.0))
-    for name, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=name, linewidth=1.2)
-    if log_y:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+@dataclass
+class Panel:
+    """One subplot of :func:`curve_panels`: named (x, y) series sharing an x axis."""
+
+    title: str
+    xlabel: str
+    series: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    log_y: bool = False
+
+
+def curve_panels(panels: Sequence[Panel], path: str | Path, title: str, columns: int = 3) -> Path:
+    """Training curves as a grid of line plots (losses, learning rate, other logged numbers)."""
+    if not panels:
+        raise ValueError("no panels to draw")
+    cols = min(columns, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.7 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(panels):
+            ax.axis("off")
+            continue
+        panel = panels[k]
+        for name, (xs, ys) in panel.series.items():
+            style = {"marker": "o", "markersize": 3} if len(xs) < 30 else {}
+            ax.plot(xs, ys, label=name, linewidth=1.2, **style)
+        values = [v for _, ys in panel.series.values() for v in ys]
+        if panel.log_y and min(values) > 0 and max(values) > 20 * min(values):  # log only across decades
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # no '6×10⁻³' labels on every minor tick
+        if panel.xlabel == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(panel.xlabel, fontsize=8)
+        ax.set_title(panel.title, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        if len(panel.series) > 1:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)

@@ -1,0 +1,279 @@
+"""The Python API: load trained (or converted) WeakTr models and get masks, CAMs and class scores.
+
+A few lines are enough, on CPU or GPU::
+
+    from weaktr.api import WeakTr
+
+    model = WeakTr.from_run("runs/demo")    # or WeakTr.load(seg_checkpoint=..., cam_checkpoint=...)
+    pred = model.predict("photo.jpg")        # pred.mask: uint8 H×W label ids; pred.class_ids
+    cams = model.cams("photo.jpg")           # cams.cams: float32 (K, H, W); cams.classes: label ids
+    scores = model.class_scores("photo.jpg") # {label id: probability}
+    model.predict_folder("photos/", "masks/")  # one palette PNG per image
+
+Label ids follow the project's convention: 0 is background, foreground classes are 1..C, and class
+token ``i`` of the CAM network is label id ``i + 1``. Images are file paths, ``PIL.Image``s or
+uint8 H×W×3 RGB arrays. Bad input (a missing checkpoint or image) raises
+:class:`~weaktr.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from weaktr.cam.generate import multiscale_cam
+from weaktr.config import load_config
+from weaktr.crf import CRFParams, softmax_crf
+from weaktr.data.dataset import DatasetInfo, voc_palette
+from weaktr.data.folder import IMAGE_EXTS
+from weaktr.data.images import load_image
+from weaktr.engine.distributed import resolve_device
+from weaktr.engine.logging import progress
+from weaktr.errors import InputError
+from weaktr.evaluation.inference import predict_probs
+from weaktr.io import save_label_png
+from weaktr.models.cam import CAMNet, load_cam_model
+from weaktr.models.segmenter import Segmenter, load_segmenter
+from weaktr.models.timm_factory import normalisation
+
+ImageLike = str | Path | np.ndarray | Image.Image
+
+
+@dataclass
+class Prediction:
+    """A segmentation of one image.
+
+    ``mask``: uint8 (H, W) label ids. ``probs``: float32 (n_cls, H, W) per-pixel class probabilities
+    (the authors' two-layer ensemble, normalised to sum to 1). ``class_ids``: the foreground label
+    ids present in ``mask``, ascending.
+    """
+
+    mask: np.ndarray
+    probs: np.ndarray
+    class_ids: list[int]
+
+
+@dataclass
+class CAMResult:
+    """Class activation maps of one image.
+
+    ``cams``: float32 (K, H, W), each map min–max scaled to [0, 1] (the maps seeds are made from).
+    ``classes``: the K label ids, ascending. ``scores``: float32 (K,) class-token probability of
+    each of them.
+    """
+
+    cams: np.ndarray
+    classes: list[int]
+    scores: np.ndarray
+
+
+def run_dataset(run_dir: str | Path, dataset: str) -> DatasetInfo:
+    """The prepared data set of a run (``data.dataset``), without generating anything.
+
+    The built-in demo lives in ``run_dir/data``; a relative path is tried from the current folder
+    (where ``weaktr run`` was started), then from the run directory.
+    """
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "data"] if dataset == "demo" else [Path(dataset), run_dir / dataset]
+    for cand in candidates:
+        if (cand / "dataset.yaml").is_file() if cand.is_dir() else cand.is_file():
+            return DatasetInfo.load(cand)
+    raise InputError("data set of the run not found", candidates[0])
+
+
+def _to_array(image: ImageLike) -> np.ndarray:
+    """uint8 H×W×3 RGB from a path, a PIL image or an array."""
+    if isinstance(image, str | Path):
+        return load_image(image)
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy, as torch wants
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(f"an image array must be uint8 H×W×3 RGB, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+class WeakTr:
+    """A trained WeakTr: the segmenter (masks) and/or the phase-1 CAM network (CAMs, class scores).
+
+    Build it with :meth:`load` or :meth:`from_run`. ``window``, ``stride`` and ``base_size`` are the
+    sliding-window inference settings (see :func:`weaktr.evaluation.inference.predict_probs`);
+    ``ensemble_weight`` weighs the decoder-layer-1 output (0 turns the ensemble off).
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter | None,
+        cam_model: CAMNet | None,
+        device: torch.device,
+        class_names: Sequence[str] | None = None,
+        window: int | None = None,
+        stride: int | None = None,
+        base_size: int | None = None,
+        ensemble_weight: float = 0.8,
+        crf_preset: str = "voc",
+    ) -> None:
+        if segmenter is None and cam_model is None:
+            raise InputError("WeakTr needs a segmenter checkpoint, a CAM checkpoint or both")
+        n_cls = segmenter.n_cls if segmenter is not None else cam_model.config.num_classes + 1
+        if segmenter is not None and cam_model is not None and cam_model.config.num_classes + 1 != n_cls:
+            raise InputError(
+                f"the CAM network has {cam_model.config.num_classes} classes but the segmenter "
+                f"{n_cls} (background + classes): they come from different data sets"
+            )
+        names = list(class_names) if class_names is not None else []
+        if names and len(names) != n_cls:
+            raise InputError(f"{len(names)} class names given for {n_cls} label ids (background included)")
+        self.segmenter, self.cam_model, self.device = segmenter, cam_model, device
+        self.class_names = names or ["background", *(f"class_{i}" for i in range(1, n_cls))]
+        size = segmenter.cfg.image_size if segmenter is not None else 0
+        self.window = window or size
+        self.stride = stride or max(1, round(self.window * 2 / 3))
+        self.base_size = base_size or size
+        self.ensemble_weight = ensemble_weight
+        self.crf_params = CRFParams.preset(f"{crf_preset}_softmax")
+
+    @classmethod
+    def load(
+        cls,
+        seg_checkpoint: str | Path | None = None,
+        cam_checkpoint: str | Path | None = None,
+        device: str | torch.device = "auto",
+        class_names: Sequence[str] | None = None,
+        **settings: float | str | None,
+    ) -> WeakTr:
+        """Load checkpoints written by ``weaktr run`` (or ``weaktr convert``); either may be left out.
+
+        ``device`` is ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'`` or a ``torch.device``.
+        ``class_names`` (background first) name the label ids; ``settings`` are the inference
+        keywords of :class:`WeakTr`. The window and base size default to the segmenter's
+        training crop (its config's ``image_size``), the stride to two thirds of the window.
+        """
+        dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+        seg = load_segmenter(seg_checkpoint, dev) if seg_checkpoint is not None else None
+        cam = load_cam_model(cam_checkpoint, dev) if cam_checkpoint is not None else None
+        return cls(seg, cam, dev, class_names, **settings)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "auto") -> WeakTr:
+        """The models of a run directory, with its class names and its ``predict`` settings."""
+        run_dir = Path(run_dir)
+        cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        seg, cam = run_dir / "seg" / "model.safetensors", run_dir / "cam" / "model.safetensors"
+        if not seg.is_file() and not cam.is_file():
+            raise InputError("no trained model in this run directory (seg/ and cam/ are empty)", run_dir)
+        names, settings = None, {}
+        if cfg is not None:
+            try:
+                names = run_dataset(run_dir, cfg.data.dataset).class_names
+            except InputError:
+                names = None  # the data set moved: fall back to numbered class names
+            p = cfg.predict
+            settings = dict(
+                window=p.window,
+                stride=p.stride,
+                base_size=p.base_size,
+                ensemble_weight=p.ensemble_weight,
+                crf_preset=p.crf_preset,
+            )
+        return cls.load(
+            seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, **settings
+        )
+
+    # ---- segmentation --------------------------------------------------------------------------
+    def predict(
+        self, image: ImageLike, scales: Sequence[float] = (1.0,), flip: bool = False, crf: bool = False
+    ) -> Prediction:
+        """Segment one image; more ``scales`` and ``flip`` are the slower multi-scale test of the paper.
+
+        ``crf`` refines the mask with the dense CRF of the predictions (needs pydensecrf).
+        """
+        if self.segmenter is None:
+            raise InputError("no segmenter loaded: pass seg_checkpoint= to WeakTr.load")
+        arr = _to_array(image)
+        score = predict_probs(
+            self.segmenter,
+            arr,
+            scales=tuple(scales),
+            flip=flip,
+            window=self.window,
+            stride=self.stride,
+            ensemble_weight=self.ensemble_weight,
+            device=self.device,
+            base_size=self.base_size,
+        )
+        probs = (score / score.sum(dim=0, keepdim=True)).float().cpu().numpy()
+        labels = softmax_crf(arr, probs, self.crf_params) if crf else probs.argmax(axis=0)
+        mask = labels.astype(np.uint8)
+        return Prediction(mask, probs, sorted(int(c) for c in np.unique(mask) if c != 0))
+
+    def predict_folder(
+        self,
+        folder: str | Path,
+        out_dir: str | Path,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        crf: bool = False,
+    ) -> list[Path]:
+        """Write ``out_dir/<image stem>.png`` (VOC-palette label maps) for every image in ``folder``."""
+        folder, out_dir = Path(folder), Path(out_dir)
+        if not folder.is_dir():
+            raise InputError("image folder not found", folder)
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+        if not paths:
+            raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in the folder", folder)
+        written = []
+        for path in progress(paths, desc="predict"):
+            out = out_dir / f"{path.stem}.png"
+            save_label_png(out, self.predict(path, scales, flip, crf).mask, voc_palette())
+            written.append(out)
+        return written
+
+    # ---- phase 1: class scores and CAMs ----------------------------------------------------------
+    def _cam_net(self) -> CAMNet:
+        if self.cam_model is None:
+            raise InputError("no CAM network loaded: pass cam_checkpoint= to WeakTr.load")
+        return self.cam_model
+
+    def _class_probs(self, arr: np.ndarray) -> np.ndarray:
+        """Sigmoid of the class-token logits (C,) for the whole image at its own size."""
+        model = self._cam_net()
+        mean, std = normalisation(model.config.backbone)
+        x = torch.from_numpy(arr).permute(2, 0, 1).float().div(255)
+        x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        with torch.inference_mode():
+            logits = model(x[None].to(self.device)).cls_logits[0]
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def class_scores(self, image: ImageLike) -> dict[int, float]:
+        """Probability that each class is in the image: ``{label id: sigmoid(class-token logit)}``."""
+        probs = self._class_probs(_to_array(image))
+        return {i + 1: float(p) for i, p in enumerate(probs)}
+
+    def cams(
+        self,
+        image: ImageLike,
+        label_ids: Sequence[int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        threshold: float = 0.5,
+    ) -> CAMResult:
+        """CAMs of ``label_ids`` (default: the classes scoring at least ``threshold``, or else the best one).
+
+        Each scale is run with its horizontal flip and fused exactly as ``weaktr run`` generates CAMs
+        (``scales=(1.0, 1.2)`` is the pipeline's setting); the maps are the fine CAM, or the fused CAM
+        when the network was trained with ``refine: false``.
+        """
+        model = self._cam_net()
+        arr = _to_array(image)
+        probs = self._class_probs(arr)
+        if label_ids is None:
+            label_ids = [i + 1 for i in np.flatnonzero(probs >= threshold)] or [int(probs.argmax()) + 1]
+        mean, std = normalisation(model.config.backbone)
+        cams, classes = multiscale_cam(model, arr, list(label_ids), tuple(scales), mean, std, self.device)
+        ids = [int(c) for c in classes]
+        return CAMResult(cams.numpy(), ids, probs[[c - 1 for c in ids]].astype(np.float32))
