@@ -33,11 +33,17 @@ def add_config_args(parser: argparse.ArgumentParser, default: str | None = None)
 
 
 def load_run_config(args: argparse.Namespace) -> RunConfig:
-    """The merged config of a command line; ``--run-dir`` wins over the config's ``run_dir``."""
+    """The merged config of a command line; ``--run-dir`` wins over the config's ``run_dir``.
+
+    ``weaktr run voc key=value`` and ``weaktr run --config voc key=value`` mean the same.
+    """
     overrides = list(args.overrides or [])
+    config = args.config
+    if overrides and "=" not in overrides[0]:
+        config = overrides.pop(0)
     if getattr(args, "run_dir", None):
         overrides.append(f"run_dir={args.run_dir}")
-    return load_config(args.config, overrides)
+    return load_config(config, overrides)
 
 
 @dataclass
