@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from weaktr.errors import InputError
 from weaktr.io import atomic_write
+from weaktr.models.backbone import BackboneOutput
+from weaktr.models.cam import CAMNet
 
 MINMAX_EPS = 1e-8
 # 'default' = the model's own choice (refined fine CAM, or CA ⊙ ReLU(coarse) when refine is off);
@@ -146,6 +148,32 @@ def prepare_image(
     return PreparedImage(image_id, [int(i) for i in label_ids], preprocess_scales(image, scales, mean, std))
 
 
+def _float32(feats: BackboneOutput) -> BackboneOutput:
+    return BackboneOutput(
+        feats.tokens.float(),
+        [t.float() for t in feats.attn],
+        [t.float() for t in feats.attn_out],
+        [t.float() for t in feats.head_out],
+        feats.grid,
+    )
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, amp: bool) -> Any:
+    """The model's outputs; with ``amp`` a CAMNet runs its backbone in bf16 but its heads in float32.
+
+    The fused and refined CAMs are sums over hundreds of patches whose per-class spread can be far
+    below their size, so rounding them to bf16 moves seed borders; the heads cost little next to
+    the backbone, so they keep float32 (other models run wholly under autocast).
+    """
+    net = _unwrap(model)
+    if amp and isinstance(net, CAMNet):
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16):
+            feats = net.backbone(batch)
+        return net.predict(_float32(feats))
+    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
+        return model(batch)
+
+
 def batch_cams(
     model: torch.nn.Module,
     images: Sequence[PreparedImage],
@@ -174,8 +202,7 @@ def batch_cams(
             batch = [
                 images[n].inputs[i].flip(-1) if v else images[n].inputs[i] for n, i in members for v in views
             ]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                cam = select_cam(model(torch.stack(batch).to(device)), kind, config.refine)
+            cam = select_cam(_forward(model, torch.stack(batch).to(device), amp), kind, config.refine)
             keys = [(n, i, v) for n, i in members for v in views]
             maps.update(zip(keys, cam.float(), strict=True))
         # Fusion stays in float32 even under AMP: the min–max step amplifies rounding (golden README).

@@ -142,6 +142,15 @@ def cam_ids(cam_dir: Path) -> list[str]:
     return ids
 
 
+def _broadcast(value: float) -> float:
+    """Rank 0's value on every rank (a no-op in one process)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def choose_threshold(ctx: RunContext, cam_dir: Path) -> float:
     """seeds.threshold, or with threshold_from 'gt_sweep' the best of seeds.sweep on data.cam_eval_split."""
     seeds = ctx.cfg.seeds
@@ -156,16 +165,17 @@ def choose_threshold(ctx: RunContext, cam_dir: Path) -> float:
             f"(first: {missing[0]!r})",
             cam_dir,
         )
-    best, results = sweep_thresholds(
-        cam_dir, gt_dir(ctx.dataset), ids, sweep_range(seeds.sweep), ctx.dataset.num_classes
-    )
-    if ctx.dist.is_main:
+    best = 0.0
+    if ctx.dist.is_main:  # one rank reads the CAMs; the others get its choice
+        best, results = sweep_thresholds(
+            cam_dir, gt_dir(ctx.dataset), ids, sweep_range(seeds.sweep), ctx.dataset.num_classes
+        )
         write_json(
             ctx.run_dir / "metrics" / "seed_threshold.json",
             {"threshold": best, "from": "gt_sweep", "split": split, "miou_by_threshold": results},
         )
-    log.info("seeds: threshold %.2f chosen by a GT sweep on split %r (mIoU %.4f)", best, split, results[best])
-    return best
+        log.info("seeds: threshold %.2f chosen on split %r (mIoU %.4f)", best, split, results[best])
+    return _broadcast(best)
 
 
 def seeds_stage(ctx: RunContext, cam_dir: str | Path, crf: bool, out_dir: str | Path) -> Path:
@@ -189,15 +199,6 @@ def seeds_stage(ctx: RunContext, cam_dir: str | Path, crf: bool, out_dir: str | 
     )
     barrier()
     return out
-
-
-def _broadcast(value: float) -> float:
-    """Rank 0's value on every rank (a no-op in one process)."""
-    if not is_distributed():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _confusion(

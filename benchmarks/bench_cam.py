@@ -1,0 +1,221 @@
+"""Phase-1 speed on this machine against the authors' figures (DeiT-S, random init, no download).
+
+Measures, with the project's own code paths:
+  * the training step (batch 8, 224², forward + backward + AdamW) in float32 and bf16 autocast;
+  * multi-scale CAM generation of a 375×500 image (scales 1.0 and 1.2, each with its flip, the
+    ``.npz`` write included) in float32 and bf16;
+  * the label CRF of one image (3 labels, one core) and seeds + CRF of 8 images with 1 and 2 workers;
+  * how many seed pixels bf16 CAMs change against float32 ones (target: ≥ 99.5 % agree).
+
+Each timing is the median of ``--reps`` runs after one warm-up; wall and CPU seconds are both
+reported, with the load average before and after, because a shared machine slows wall time only.
+Usage: ``python benchmarks/bench_cam.py [--reps 5] [--out benchmarks/results]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from weaktr.cam.generate import generate_cams, load_cams
+from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
+from weaktr.crf import CRFParams, label_crf
+from weaktr.data.demo import render_scene
+from weaktr.engine.optim import build_adamw
+from weaktr.engine.train_cam import train_step
+from weaktr.models.cam import CAMConfig, build_cam_model
+
+AUTHORS = {"train_step": 2.0, "cam_gen": 3.0, "label_crf": 0.39}  # s; idle 2-core machine of this kind
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_HW = (375, 500)
+CAM_LABELS = [1, 15]  # two classes + background = the 3 CRF labels
+COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, torch threads and the accelerator, as the table header prints them."""
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln]
+        model = names[0] if names else model
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its finished child processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(fn: Callable[[int], Any], reps: int, sync: bool = False) -> dict[str, Any]:
+    """Median wall and CPU seconds of ``fn(i)`` over ``reps`` runs after one warm-up (i = -1)."""
+    fn(-1)
+    walls, cpus = [], []
+    for i in range(reps):
+        if sync:
+            torch.cuda.synchronize()
+        w, c = time.perf_counter(), _cpu_seconds()
+        fn(i)
+        if sync:
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - w)
+        cpus.append(_cpu_seconds() - c)
+    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "walls": walls}
+
+
+def photos(n: int) -> list[np.ndarray]:
+    """``n`` 375×500 RGB photographs from coco-mini (generated scenes when it is absent)."""
+    files = sorted((COCO_MINI / "JPEGImages").glob("*.jpg"))[:n] if COCO_MINI.is_dir() else []
+    out = [np.array(Image.open(f).convert("RGB").resize(IMAGE_HW[::-1], Image.BICUBIC)) for f in files]
+    for i in range(len(out), n):
+        scene, _ = render_scene(0, i, 96, 6)
+        out.append(np.array(Image.fromarray(scene).resize(IMAGE_HW[::-1], Image.BICUBIC)))
+    return out
+
+
+def deit_s(train: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_cam_model(CAMConfig(num_classes=20, drop_path=0.1 if train else 0.0))
+    return model.train() if train else model.eval()
+
+
+def bench_train_step(device: torch.device, amp: bool, reps: int) -> dict[str, Any]:
+    model = deit_s(train=True).to(device)
+    optimizer = build_adamw(model.parameters(), 7.5e-5, 0.03)
+    images = torch.randn(8, 3, 224, 224, device=device)
+    targets = (torch.rand(8, 20, device=device) < 0.15).float()
+    return timed(lambda _: train_step(model, images, targets, optimizer, amp), reps, device.type == "cuda")
+
+
+def bench_cam_gen(
+    device: torch.device, amp: bool, image: np.ndarray, reps: int, out: Path
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Seconds per image through :func:`generate_cams` (a fresh id per run, so nothing is skipped)."""
+    model = deit_s(train=False).to(device)
+
+    def run(i: int) -> None:
+        item = [(f"img{i + 1}", image, CAM_LABELS)]
+        generate_cams(model, item, out, [1.0, 1.2], MEAN, STD, device, amp=amp, progress=False)
+
+    result = timed(run, reps, device.type == "cuda")
+    return result, load_cams(out / "img1.npz")[0]
+
+
+def bench_label_crf(image: np.ndarray, cams: np.ndarray, reps: int) -> dict[str, Any]:
+    compact = compact_seed(cams, 0.43)
+    params = CRFParams.voc_label()
+    return timed(lambda _: label_crf(image, compact, 3, params), reps)
+
+
+def bench_seeds(images: list[np.ndarray], cams: np.ndarray, workers: int, tmp: Path) -> dict[str, Any]:
+    """Seeds + CRF of 8 images (one run: a pool's start-up is part of what it costs)."""
+    ids = [f"p{i}" for i in range(len(images))]
+    cam_dir = tmp / "cams8"
+    for i in ids:
+        np.savez_compressed(cam_dir / f"{i}.npz", cams=cams.astype(np.float16), classes=np.array(CAM_LABELS))
+    out = tmp / f"seeds_w{workers}"
+    sources = dict(zip(ids, images, strict=True))
+    w, c = time.perf_counter(), _cpu_seconds()
+    make_seeds(cam_dir, ids, out, 0.43, CRFParams.voc_label(), sources, workers=workers, progress=False)
+    return {"wall": time.perf_counter() - w, "cpu": _cpu_seconds() - c, "images": len(ids)}
+
+
+def seed_agreement(images: list[np.ndarray], device: torch.device) -> float:
+    """Fraction of seed pixels (t = 0.43) equal between bf16 and float32 CAMs over ``images``."""
+    model = deit_s(train=False).to(device)
+    equal = total = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for amp in (False, True):
+            items = [(f"a{i}", im, CAM_LABELS) for i, im in enumerate(images)]
+            generate_cams(
+                model, items, Path(tmp) / str(amp), [1.0, 1.2], MEAN, STD, device, amp, progress=False
+            )
+        for i in range(len(images)):
+            seeds = [
+                seed_from_cams(*load_cams(Path(tmp) / str(amp) / f"a{i}.npz"), 0.43) for amp in (False, True)
+            ]
+            equal += int((seeds[0] == seeds[1]).sum())
+            total += seeds[0].size
+    return equal / total
+
+
+def table(res: dict[str, Any]) -> str:
+    """The results beside the authors' figures and the targets."""
+    m = res["machine"]
+    lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch {m['torch']} "
+        f"with {m['torch_threads']} threads, accelerator: {m['cuda'] or 'none'}",
+        f"load average (1/5/15 min) before: {res['load_before']}, after: {res['load_after']}",
+        "",
+        f"{'measurement':<36} {'precision':<9} {'wall s':>8} {'CPU s':>8} {'authors':>8}  target",
+    ]
+    rows = [
+        ("training step (batch 8, 224²)", res["train_step"]["float32"], "float32", "train_step", 2.0),
+        ("training step (batch 8, 224²)", res["train_step"]["bf16"], "bf16", "train_step", 2.0),
+        ("CAM generation (s / 375×500 image)", res["cam_gen"]["float32"], "float32", "cam_gen", 1.5),
+        ("CAM generation (s / 375×500 image)", res["cam_gen"]["bf16"], "bf16", "cam_gen", 1.5),
+        ("label CRF (s / image, 1 core)", res["label_crf"], "-", "label_crf", None),
+    ]
+    for label, r, prec, key, target in rows:
+        goal = "" if target is None else f"≤ {target} s " + ("ok" if r["wall"] <= target else "missed")
+        lines.append(f"{label:<36} {prec:<9} {r['wall']:8.3f} {r['cpu']:8.3f} {AUTHORS[key]:8.2f}  {goal}")
+    for w in (1, 2):
+        r = res["seeds_crf_8"][f"workers_{w}"]
+        lines.append(
+            f"{f'seeds + CRF, 8 images, {w} worker(s)':<36} {'':<9} {r['wall']:8.3f} {r['cpu']:8.3f}"
+        )
+    agree = res["bf16_seed_agreement"]
+    lines.append(f"\nbf16 vs float32 seeds (t=0.43): {100 * agree:.2f} % of pixels agree (target ≥ 99.5 %)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res: dict[str, Any] = {"machine": machine(), "load_before": os.getloadavg(), "authors": AUTHORS}
+    images = photos(8)
+    res["train_step"] = {p: bench_train_step(device, p == "bf16", args.reps) for p in ("float32", "bf16")}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "cams8").mkdir()
+        res["cam_gen"], cams = {}, None
+        for p in ("float32", "bf16"):
+            res["cam_gen"][p], maps = bench_cam_gen(device, p == "bf16", images[0], args.reps, tmp / p)
+            cams = maps if cams is None else cams
+        assert cams is not None
+        res["label_crf"] = bench_label_crf(images[0], cams, args.reps)
+        res["seeds_crf_8"] = {f"workers_{w}": bench_seeds(images, cams, w, tmp) for w in (1, 2)}
+    res["bf16_seed_agreement"] = seed_agreement(images[:4], device)
+    res["load_after"] = os.getloadavg()
+    print(table(res))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bench_cam_{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()
