@@ -182,3 +182,9 @@ def test_amp_runs_the_backbone_in_bf16_and_the_cam_heads_in_float32() -> None:
     # (A random tiny model's CAMs are too flat for a tight bf16 tolerance; the benchmark checks seeds.)
     assert fast.dtype == torch.float32 and fast.shape == exact.shape
     assert fast.min() == 0 and 0.9 < fast.max() <= 1  # min–max normalised (ε keeps the max just below 1)
+
+
+def test_a_diverging_loss_stops_training_with_a_hint(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_data, tmp_path, "cam_train.warmup_epochs=0", "cam_train.lr=1e35")
+    with pytest.raises(FloatingPointError, match=r"lower cam_train\.lr"):
+        train_cam(open_run(cfg))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -145,6 +146,11 @@ def _train_epoch(
         if (it + 1) % tc.log_every == 0 or it + 1 == len(loader):
             n = (it % tc.log_every) + 1
             means = dict(zip(LOSS_KEYS, (window / n).tolist(), strict=True))
+            if not math.isfinite(means["total"]):
+                raise FloatingPointError(
+                    f"train-cam: the loss is {means['total']} at epoch {epoch + 1}, iteration {it + 1}; "
+                    "lower cam_train.lr or turn off cam_train.amp"
+                )
             jlog.log(
                 event="iter", epoch=epoch + 1, iter=it + 1, step=epoch * len(loader) + it + 1, lr=lr, **means
             )
