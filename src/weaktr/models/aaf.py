@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from weaktr.errors import InputError
+
 FEATURES = ("code", "paper")
 POOLS = ("max", "avg")
 FUSIONS = ("aaf", "mean")
@@ -49,7 +51,7 @@ class AAF(nn.Module):
             (fusion, FUSIONS, "fusion"),
         ):
             if value not in allowed:
-                raise ValueError(f"AAF {what} must be one of {allowed}, got {value!r}")
+                raise InputError(f"AAF {what} must be one of {allowed}, got {value!r}")
         self.depth, self.num_heads, self.features, self.pool_type, self.fusion = (
             depth,
             num_heads,
@@ -61,7 +63,7 @@ class AAF(nn.Module):
         if fusion == "aaf":
             feat_hidden, hidden = int(head_dim / feat_reduction), int(maps / reduction)
             if feat_hidden < 1 or hidden < 1:
-                raise ValueError(
+                raise InputError(
                     f"AAF reductions leave no hidden units ({head_dim}->{feat_hidden}, {maps}->{hidden})"
                 )
             self.attn_feat_ffn = nn.Sequential(nn.Linear(head_dim, feat_hidden), nn.Linear(feat_hidden, 1))
