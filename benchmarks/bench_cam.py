@@ -9,7 +9,7 @@ Measures, with the project's own code paths:
 
 Each timing is the median of ``--reps`` runs after one warm-up; wall and CPU seconds are both
 reported, with the load average before and after, because a shared machine slows wall time only.
-Usage: ``python benchmarks/bench_cam.py [--reps 5] [--out benchmarks/results]``.
+Usage: ``python benchmarks/bench_cam.py [--reps 5] [--threads N] [--out benchmarks/results]``.
 """
 
 from __future__ import annotations
@@ -193,7 +193,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch's default); 1 gives CPU seconds "
+        "that a busy shared machine barely inflates",
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     res: dict[str, Any] = {"machine": machine(), "load_before": os.getloadavg(), "authors": AUTHORS}
     images = photos(8)
