@@ -145,15 +145,15 @@ def test_aaf_index_layout_head_major_strided() -> None:
     maps = aaf.stack_maps(attn)
     assert [maps[0, i, 0, 0].item() for i in range(K * H)] == [10 * (i // K) + i % K for i in range(K * H)]
     attn_out = [torch.zeros(B, T, H * d) + torch.arange(H * d) + 100 * layer for layer in range(K)]
-    feats = aaf.stack_features(attn_out, [])
-    assert feats.shape == (B, K * H, T, d)
+    feats = aaf.pooled_features(attn_out, [])
+    assert feats.shape == (B, K * H, d)
     for head in range(H):
         for layer in range(K):
             expect = torch.tensor([100.0 * layer + j * H + head for j in range(d)])
-            assert torch.equal(feats[0, head * K + layer, 0], expect)
+            assert torch.equal(feats[0, head * K + layer], expect)
     paper = AAF(K, H, d, features="paper", reduction=2.0, feat_reduction=2)
     head_out = [torch.randn(B, H, T, d) for _ in range(K)]
-    assert torch.equal(paper.stack_features([], head_out)[0, 1 * K + 2], head_out[2][0, 1])
+    assert torch.equal(paper.pooled_features([], head_out)[0, 1 * K + 2], head_out[2][0, 1].amax(0))
 
 
 def test_aaf_forward_formula() -> None:
@@ -166,7 +166,8 @@ def test_aaf_forward_formula() -> None:
         attn = [torch.rand(B, H, T, T) for _ in range(K)]
         attn_out = [torch.randn(B, T, H * d) for _ in range(K)]
         res = aaf(attn, attn_out, [])
-        feats = aaf.stack_features(attn_out, [])
+        # the definition: channel j*H + h of layer k is channel j of map h*K + k, pooled over tokens
+        feats = torch.stack(attn_out, 1).reshape(B, K, T, d, H).permute(0, 4, 1, 2, 3).reshape(B, H * K, T, d)
         pooled = feats.amax(2) if pool == "max" else feats.mean(2)
         f0, f1 = aaf.attn_feat_ffn
         scores = (pooled @ f0.weight.T + f0.bias) @ f1.weight.T + f1.bias  # no activation in between

@@ -53,7 +53,7 @@ def test_golden_cam_model(case: str) -> None:
     B, _, D = feats.tokens.shape
     h, w = feats.grid
     aaf = model.aaf
-    pooled = aaf.pool(aaf.stack_features(feats.attn_out, feats.head_out))
+    pooled = aaf.pooled_features(feats.attn_out, feats.head_out)
     fused = aaf(feats.attn, feats.attn_out, feats.head_out).fused
     actual = {
         "train.cls_logits": out.cls_logits,

@@ -78,23 +78,26 @@ class AAF(nn.Module):
         """K tensors (B, H, T, T) -> (B, H·K, T, T), head-major."""
         return torch.stack(list(attn), dim=2).flatten(1, 2)
 
-    def stack_features(
+    def pooled_features(
         self, attn_out: Sequence[torch.Tensor], head_out: Sequence[torch.Tensor]
     ) -> torch.Tensor:
-        """Per-map attention features (B, H·K, T, d), head-major like :meth:`stack_maps`."""
-        if self.features == "paper":
-            return torch.stack(list(head_out), dim=2).flatten(1, 2)
-        x = torch.stack(list(attn_out), dim=1)  # (B, K, T, D)
-        B, K, T, D = x.shape
-        return (
-            x.reshape(B, K, T, D // self.num_heads, self.num_heads)
-            .permute(0, 4, 1, 2, 3)
-            .reshape(B, -1, T, D // self.num_heads)
-        )
+        """Token-pooled attention features (B, H·K, d), head-major like :meth:`stack_maps`.
 
-    def pool(self, feats: torch.Tensor) -> torch.Tensor:
-        """Token pooling over all T tokens (class tokens included): (B, M, T, d) -> (B, M, d)."""
-        return feats.amax(dim=2) if self.pool_type == "max" else feats.mean(dim=2)
+        ``code``: block k's post-projection output (T, D) split by channel index mod H, so map
+        (head h, layer k) holds channels h, h+H, …; ``paper``: the per-head A·V outputs. Pooling
+        over all T tokens (class tokens included) runs first, on the unpermuted features: max and
+        mean commute with the channel split, and the (B, H·K, T, d) copy is never made.
+        """
+        reduce = (lambda t: t.amax(dim=-2)) if self.pool_type == "max" else (lambda t: t.mean(dim=-2))
+        if self.features == "paper":
+            return torch.stack([reduce(h) for h in head_out], dim=2).flatten(1, 2)  # (B, H, K, d)
+        x = torch.stack([reduce(a) for a in attn_out], dim=1)  # (B, K, D)
+        B, K, D = x.shape
+        return (
+            x.reshape(B, K, D // self.num_heads, self.num_heads)
+            .permute(0, 3, 1, 2)
+            .reshape(B, -1, D // self.num_heads)
+        )
 
     def head_scores(self, pooled: torch.Tensor) -> torch.Tensor:
         """Shared head-wise FFN (no activation between its layers): (B, M, d) -> (B, M)."""
@@ -103,9 +106,16 @@ class AAF(nn.Module):
     def forward(
         self, attn: Sequence[torch.Tensor], attn_out: Sequence[torch.Tensor], head_out: Sequence[torch.Tensor]
     ) -> AAFOutput:
-        """Fuse the per-block attention maps; the rows of Â are not renormalised (spec §1.3)."""
+        """Fuse the per-block attention maps; the rows of Â are not renormalised (spec §1.3).
+
+        Â = (1/M) Σ_i w_i A_i is one batched matrix product rather than a broadcast product and a
+        mean over a second (B, M, T, T) tensor (a third of CAM generation time when it was).
+        """
         maps = self.stack_maps(attn)
+        B, M, T, _ = maps.shape
         if self.fusion == "mean":
-            return AAFOutput(maps.mean(dim=1), maps.new_ones(maps.shape[:2]))
-        weights = self.attn_head_ffn(self.head_scores(self.pool(self.stack_features(attn_out, head_out))))
-        return AAFOutput((maps * weights[..., None, None]).mean(dim=1), weights)
+            return AAFOutput(maps.mean(dim=1), maps.new_ones(B, M))
+        weights = self.attn_head_ffn(self.head_scores(self.pooled_features(attn_out, head_out)))
+        # one (B, 1, M) x (B, M, T·T) product; bf16 maps (CAM generation under AMP) sum in float32
+        fused = torch.bmm(weights[:, None] / M, maps.reshape(B, M, T * T).to(weights.dtype))
+        return AAFOutput(fused.reshape(B, T, T), weights)
