@@ -4,13 +4,15 @@ The authors' order matters for parity: window outputs are averaged on the *logit
 to the image size and flipped back, and only then soft-maxed; the probabilities of all scale/flip
 variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from decoder block 1 (golden O7).
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
-batched through the model in chunks.
+batched through the model in chunks. ``amp`` means bf16 autocast on CUDA and, on the CPU, bf16 in the
+encoder's Linear layers only (:func:`_bf16_linears`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from functools import partial
 
 import numpy as np
 import torch
@@ -75,18 +77,38 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _run_windows(
-    model: nn.Module, crops: torch.Tensor, layer1: bool, window_batch: int, amp: bool
-) -> list[torch.Tensor]:
-    """Model outputs for (K, 3, win, win) crops in chunks: [final] or [final, layer1] logits, float32."""
-    outs: list[list[torch.Tensor]] = [[], []]
-    with torch.autocast(crops.device.type, dtype=torch.bfloat16, enabled=amp):
-        for i in range(0, crops.shape[0], window_batch):
-            y = model(crops[i : i + window_batch], return_layer1=layer1)
-            ys = [y.logits, y.logits_layer1] if layer1 else [y]
-            for acc, t in zip(outs, ys, strict=False):
-                acc.append(t.float())
-    return [torch.cat(acc) for acc in outs if acc]
+@contextmanager
+def _bf16_linears(model: nn.Module) -> Iterator[None]:
+    """CPU mixed precision: the encoder's Linear layers compute in bf16 (weights cast once), the rest fp32.
+
+    Plain CPU autocast also puts attention and the decoder in bf16. That buys nothing for attention
+    (torch's fused CPU kernel is no faster in bf16 than in fp32) but costs agreement: the decoder's
+    class scores spread by ~1e-2 before its LayerNorm, so bf16 rounding there flips ~1.5 % of the
+    window pixels of a random-weight DeiT-S; this split flips ~0.4 % (0.36 % after 6 scales × flip).
+    """
+    linears = [m for m in getattr(model, "encoder", model).modules() if isinstance(m, nn.Linear)]
+    for m in linears:
+        w = m.weight.detach().to(torch.bfloat16)
+        b = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
+        m.forward = partial(_linear_bf16, weight=w, bias=b)  # instance attribute shadows Linear.forward
+    try:
+        yield
+    finally:
+        for m in linears:
+            del m.forward
+
+
+def _linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x.to(torch.bfloat16), weight, bias).float()
+
+
+def _precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
+    """bf16 autocast on CUDA; the encoder-linears-only bf16 of :func:`_bf16_linears` on the CPU."""
+    if not amp:
+        return nullcontext()
+    if device.type == "cpu":
+        return _bf16_linears(model)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def sliding_window_logits(
@@ -100,25 +122,30 @@ def sliding_window_logits(
 ) -> list[torch.Tensor]:
     """(N, 3, H, W) same-size images -> per output, (N, C, H, W) logits averaged over covering windows.
 
-    Images smaller than the window are zero-padded to it and the logits cropped back.
+    Images smaller than the window are zero-padded to it and the logits cropped back. Window outputs
+    are added into the sums chunk by chunk, so memory holds one chunk of window logits, not all.
     """
     N, _, H, W = images.shape
     x = F.pad(images, (0, max(0, window - W), 0, max(0, window - H)))
     Hp, Wp = x.shape[-2:]
     anchors = [(a, b) for a in window_anchors(Hp, window, stride) for b in window_anchors(Wp, window, stride)]
-    crops = torch.stack([x[:, :, a : a + window, b : b + window] for a, b in anchors], dim=1)
-    outs = _run_windows(model, crops.flatten(0, 1), layer1, window_batch, amp)
+    jobs = [(n, a, b) for a, b in anchors for n in range(N)]
     count = torch.zeros(1, 1, Hp, Wp, device=x.device)
     for a, b in anchors:
         count[..., a : a + window, b : b + window] += 1
-    merged = []
-    for out in outs:
-        out = out.view(N, len(anchors), *out.shape[1:])
-        acc = torch.zeros(N, out.shape[2], Hp, Wp, device=x.device)
-        for k, (a, b) in enumerate(anchors):
-            acc[..., a : a + window, b : b + window] += out[:, k]
-        merged.append((acc / count)[..., :H, :W])
-    return merged
+    sums: list[torch.Tensor] = []
+    with _precision(model, x.device, amp):
+        for i in range(0, len(jobs), window_batch):
+            chunk = jobs[i : i + window_batch]
+            crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
+            y = model(crops, return_layer1=layer1)
+            outs = [y.logits, y.logits_layer1] if layer1 else [y]
+            if not sums:
+                sums = [torch.zeros(N, o.shape[1], Hp, Wp, device=x.device) for o in outs]
+            for acc, out in zip(sums, outs, strict=True):
+                for k, (n, a, b) in enumerate(chunk):
+                    acc[n, :, a : a + window, b : b + window] += out[k].float()
+    return [(acc / count)[..., :H, :W] for acc in sums]
 
 
 def _variant_inputs(

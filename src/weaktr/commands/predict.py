@@ -1,0 +1,55 @@
+"""``weaktr predict``: multi-scale + flip predictions (ensemble, softmax CRF) of a split, as PNGs.
+
+Run it on the val split for predictions and on the train split for pseudo masks; score the
+outputs with ``weaktr evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from weaktr.commands.common import add_config_args, load_run_config, open_run
+from weaktr.errors import InputError
+from weaktr.evaluation.predict import predict_split, sibling_dir
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Predict every requested split; print the output folders."""
+    cfg = load_run_config(args)
+    splits = args.split or list(cfg.predict.splits)
+    if args.out and len(splits) != 1:
+        raise InputError(f"--out names one folder but {len(splits)} splits are to be predicted: {splits}")
+    ctx = open_run(cfg)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.run_dir / "seg" / "model.safetensors"
+    crf = cfg.predict.crf and not args.no_crf
+    for split in splits:
+        out = Path(args.out) if args.out else ctx.run_dir / "pred" / split
+        out = predict_split(ctx, checkpoint, split, out, crf=crf, save_probs=args.save_probs)
+        if ctx.dist.is_main:
+            print(f"{split}: {out.resolve()}" + ("  (after CRF)" if crf else ""))
+            if crf:
+                print(f"  before CRF:    {sibling_dir(out, '_nocrf').resolve()}")
+            if args.save_probs:
+                print(f"  probabilities: {sibling_dir(out, '_probs').resolve()}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="predict label maps of a split with the trained segmenter", description=__doc__
+    )
+    p.add_argument("--checkpoint", metavar="PATH", help="segmenter (default: RUN_DIR/seg/model.safetensors)")
+    p.add_argument(
+        "--split",
+        action="append",
+        metavar="S",
+        help="split to predict (repeatable; default: the config's predict.splits)",
+    )
+    p.add_argument("--out", metavar="DIR", help="output folder for a single split (default: RUN_DIR/pred/S)")
+    p.add_argument("--no-crf", action="store_true", help="skip the softmax CRF")
+    p.add_argument(
+        "--save-probs", action="store_true", help="also write float16 probabilities of the present classes"
+    )
+    add_config_args(p)
+    p.set_defaults(func=execute)

@@ -1,0 +1,149 @@
+"""Predictions of a trained segmenter for a whole split (spec §2.5, §2.6), resumable and DDP-sharded.
+
+Per image: multi-scale + flip sliding-window scores with the two-layer ensemble, argmax, and the
+label set ``keys`` that the argmax uses. As the authors do, the softmax CRF then sees only the scores
+of ``keys`` (unary −log of the unnormalised score) and its argmax is mapped back through ``keys``.
+The CRF runs in a process pool while the network goes on with the next images.
+
+Outputs (palette PNGs, atomic): ``out_dir/<id>.png`` (after CRF when on), ``<out_dir>_nocrf/<id>.png``
+(before CRF, written only when the CRF runs) and, optionally, ``<out_dir>_probs/<id>.npz`` with
+``probs`` float16 (K, H, W) — the ensemble score over its total weight, for the K present classes —
+and ``classes`` int64 (K,) label ids. Images whose outputs exist are skipped, so a rerun resumes.
+The same function makes the train split's pseudo masks ("WeakTr as a labelling tool").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weaktr.commands.common import RunContext
+from weaktr.crf import CRFParams, softmax_crf
+from weaktr.data.dataset import voc_palette
+from weaktr.data.images import load_image
+from weaktr.engine.distributed import barrier, shard
+from weaktr.engine.logging import progress
+from weaktr.errors import InputError
+from weaktr.evaluation.inference import predict_probs
+from weaktr.io import atomic_write, save_label_png
+from weaktr.models.segmenter import load_segmenter
+
+log = logging.getLogger("weaktr")
+CRFJob = tuple[np.ndarray, np.ndarray, np.ndarray, CRFParams, Path, list[int] | None]
+
+
+def sibling_dir(out_dir: Path, suffix: str) -> Path:
+    """``<out_dir><suffix>`` beside ``out_dir`` (``pred/val`` → ``pred/val_nocrf``)."""
+    return out_dir.parent / f"{out_dir.name}{suffix}"
+
+
+def write_probs(path: Path, probs: np.ndarray, classes: np.ndarray) -> None:
+    """Write one image's present-class probabilities (float16) and their label ids, atomically."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f, probs=np.asarray(probs, dtype=np.float16), classes=np.asarray(classes, dtype=np.int64)
+        )
+
+
+def _crf_job(job: CRFJob) -> None:
+    """Softmax CRF over the present classes, mapped back to label ids.
+
+    Module-level so it pickles; numpy only, as torch ops can deadlock in forked workers (OpenMP).
+    """
+    image, scores, keys, params, out_path, palette = job
+    save_label_png(out_path, keys[softmax_crf(image, scores, params)].astype(np.uint8), palette)
+
+
+class _CRFQueue:
+    """Runs CRF jobs in ``workers`` processes (in-process when ≤ 1), at most 2·workers in flight."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.pending: deque[Future[None]] = deque()
+
+    def submit(self, job: CRFJob) -> None:
+        if self.pool is None:
+            _crf_job(job)
+            return
+        self.pending.append(self.pool.submit(_crf_job, job))
+        while len(self.pending) > 2 * self.workers:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for every job (re-raising the first failure) and stop the processes."""
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+
+
+def predict_split(
+    ctx: RunContext, model_path: Path, split: str, out_dir: Path, crf: bool, save_probs: bool = False
+) -> Path:
+    """Write the predictions of ``split`` to ``out_dir`` (see the module docstring); returns ``out_dir``."""
+    cfg, info, p = ctx.cfg, ctx.dataset, ctx.cfg.predict
+    out_dir = Path(out_dir)
+    nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
+    model = load_segmenter(model_path, ctx.device)
+    if model.n_cls != info.num_classes:
+        raise InputError(
+            f"the segmenter predicts {model.n_cls} classes but data set {info.name!r} has "
+            f"{info.num_classes} label ids",
+            model_path,
+        )
+    ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
+    todo = [
+        i
+        for i in ids
+        if not (out_dir / f"{i}.png").is_file() or (save_probs and not (probs_dir / f"{i}.npz").is_file())
+    ]
+    palette = voc_palette() if info.palette == "voc" else None
+    params = CRFParams.preset(f"{p.crf_preset}_softmax") if crf else None
+    amp = p.amp and (ctx.device.type == "cuda" or cfg.amp_cpu)
+    weight = p.ensemble_weight or None
+    workers = p.workers or max(1, len(os.sched_getaffinity(0)) // ctx.dist.world)
+    if len(todo) < len(ids):
+        log.info("predict %s: %d of %d images done before, skipped", split, len(ids) - len(todo), len(ids))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    queue = _CRFQueue(workers if crf else 0)
+    try:
+        for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
+            image = load_image(info.image_path(image_id))
+            score = predict_probs(
+                model,
+                image,
+                p.scales,
+                p.flip,
+                p.window,
+                p.stride,
+                weight,
+                device=ctx.device,
+                amp=amp,
+                base_size=p.base_size,
+                window_batch=p.window_batch,
+            )
+            pred = score.argmax(0)
+            keys = torch.unique(pred)
+            present = score[keys].cpu().numpy()
+            keys_np = keys.cpu().numpy()
+            if save_probs:
+                write_probs(probs_dir / f"{image_id}.npz", present / (1.0 + (weight or 0.0)), keys_np)
+            labels = pred.cpu().numpy().astype(np.uint8)
+            if params is None:
+                save_label_png(out_dir / f"{image_id}.png", labels, palette)
+                continue
+            save_label_png(nocrf_dir / f"{image_id}.png", labels, palette)
+            queue.submit((image, present, keys_np, params, out_dir / f"{image_id}.png", palette))
+    finally:
+        queue.close()
+    barrier()
+    return out_dir

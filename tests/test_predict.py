@@ -1,0 +1,176 @@
+"""Split prediction: PNGs with valid ids, the no-CRF folder, probability files, resume, CRF on/off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_train_seg import demo, tiny_ctx  # noqa: F401  (the module-scoped demo fixture)
+
+import weaktr.evaluation.inference as inf
+import weaktr.evaluation.predict as pr
+from weaktr.crf import CRFParams
+from weaktr.data.dataset import DatasetInfo
+from weaktr.data.images import load_image
+from weaktr.errors import InputError
+from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
+
+TINY = dict(
+    backbone="vit_small_patch16_224",
+    n_cls=4,
+    image_size=32,
+    stem="conv",
+    patch_size=8,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny segmenter (it predicts one class everywhere: see ``colour_scores``)."""
+    torch.manual_seed(1)
+    model = build_segmenter(SegConfig(**TINY))
+    path = tmp_path_factory.mktemp("model") / "seg.safetensors"
+    save_segmenter(path, model)
+    return path
+
+
+@pytest.fixture
+def colour_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scores from the pixel colours (weight 1.8, as the ensemble's), so every image has several classes."""
+
+    def fake(model, image, *args, **kwargs) -> torch.Tensor:
+        x = torch.as_tensor(image).permute(2, 0, 1).float() / 32.0
+        logits = torch.cat([x, torch.full_like(x[:1], 4.0)])
+        return 1.8 * logits.softmax(0)
+
+    monkeypatch.setattr(pr, "predict_probs", fake)
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.mode == "P"
+        return np.asarray(img)
+
+
+def test_predict_with_crf_writes_pngs_nocrf_and_probs(
+    demo: DatasetInfo,  # noqa: F811
+    model_path: Path,
+    tmp_path: Path,
+    colour_scores: None,
+) -> None:
+    ctx = tiny_ctx(demo, tmp_path / "run", "predict.scales=[0.75, 1.0]")
+    out = pr.predict_split(ctx, model_path, "val", tmp_path / "pred" / "val", crf=True, save_probs=True)
+    assert out == tmp_path / "pred" / "val"
+    n_multi = n_changed = 0
+    for i in demo.ids("val"):
+        h, w = load_image(demo.image_path(i)).shape[:2]
+        final, nocrf = _png(out / f"{i}.png"), _png(tmp_path / "pred" / "val_nocrf" / f"{i}.png")
+        assert final.shape == nocrf.shape == (h, w)
+        assert final.max() < 4 and nocrf.max() < 4
+        with np.load(tmp_path / "pred" / "val_probs" / f"{i}.npz") as f:
+            probs, classes = f["probs"], f["classes"]
+        assert probs.dtype == np.float16 and probs.shape == (len(classes), h, w)
+        assert classes.tolist() == np.unique(nocrf).tolist()
+        assert set(np.unique(final)) <= set(classes.tolist())  # the CRF only chooses among the keys
+        assert np.array_equal(classes[probs.astype(np.float32).argmax(0)], nocrf)
+        assert probs.min() >= 0.0 and probs.astype(np.float32).sum(0).max() <= 1.0 + 1e-2
+        n_multi += len(classes) > 1
+        n_changed += (final != nocrf).any()
+    assert n_multi == len(demo.ids("val")) and n_changed > 0
+
+
+def test_resume_skips_done_images_and_crf_off(
+    demo: DatasetInfo,  # noqa: F811
+    model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctx = tiny_ctx(demo, tmp_path / "run")
+    ids = demo.ids("val")
+    out = tmp_path / "pred"
+    pr.predict_split(ctx, model_path, "val", out, crf=False)
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(ids)
+    assert not (tmp_path / "pred_nocrf").exists() and not (tmp_path / "pred_probs").exists()
+    first = {i: _png(out / f"{i}.png") for i in ids}
+
+    (out / f"{ids[1]}.png").unlink()
+    calls: list[int] = []
+    original = pr.predict_probs
+    monkeypatch.setattr(pr, "predict_probs", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    pr.predict_split(ctx, model_path, "val", out, crf=False)
+    assert len(calls) == 1  # only the missing image was redone
+    for i in ids:
+        assert np.array_equal(_png(out / f"{i}.png"), first[i])
+
+    pr.predict_split(ctx, model_path, "val", out, crf=False, save_probs=True)
+    assert len(calls) == 1 + len(ids)  # asking for probabilities redoes images that lack them
+    assert sorted(p.stem for p in (tmp_path / "pred_probs").glob("*.npz")) == sorted(ids)
+
+
+def test_crf_pool_equals_in_process(
+    demo: DatasetInfo,  # noqa: F811
+    model_path: Path,
+    tmp_path: Path,
+    colour_scores: None,
+) -> None:
+    one = pr.predict_split(
+        tiny_ctx(demo, tmp_path / "a"), model_path, "val", tmp_path / "a" / "val", crf=True
+    )
+    ctx2 = tiny_ctx(demo, tmp_path / "b", "predict.workers=2")
+    two = pr.predict_split(ctx2, model_path, "val", tmp_path / "b" / "val", crf=True)
+    for i in demo.ids("val"):
+        assert np.array_equal(_png(one / f"{i}.png"), _png(two / f"{i}.png"))
+
+
+def test_crf_job_maps_back_through_keys(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    scores = rng.random((2, 20, 30)).astype(np.float32)
+    scores[0, :, :15] += 1.0
+    scores[1, :, 15:] += 1.0
+    keys = np.array([0, 3])
+    pr._crf_job((image, scores, keys, CRFParams.voc_softmax(), tmp_path / "x.png", None))
+    with Image.open(tmp_path / "x.png") as img:
+        labels = np.asarray(img)
+    assert set(np.unique(labels)) == {0, 3}
+    assert (labels[:, :10] == 0).all() and (labels[:, 20:] == 3).all()
+
+
+def test_class_count_mismatch_is_an_input_error(
+    demo: DatasetInfo,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "seg5.safetensors"
+    save_segmenter(path, build_segmenter(SegConfig(**{**TINY, "n_cls": 5})))
+    with pytest.raises(InputError, match="predicts 5 classes") as err:
+        pr.predict_split(tiny_ctx(demo, tmp_path / "run"), path, "val", tmp_path / "out", crf=False)
+    assert err.value.path == path
+
+
+def test_cpu_bf16_runs_only_the_encoder_linears_in_bf16_and_restores_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    model = build_segmenter(SegConfig(**{**TINY, "n_cls": 5})).eval()
+    x = torch.randn(2, 3, 40, 56)
+    (ref,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16)
+    calls: list[torch.dtype] = []
+    original = inf._linear_bf16
+
+    def spy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        calls.append(weight.dtype)
+        return original(x, weight, bias)
+
+    monkeypatch.setattr(inf, "_linear_bf16", spy)
+    (low,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16, amp=True)
+    n_encoder = sum(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
+    assert calls == [torch.bfloat16] * n_encoder  # one batch of windows; the decoder stays fp32
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
+    assert not any("forward" in vars(m) for m in model.modules())  # Linear.forward is restored
