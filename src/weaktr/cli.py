@@ -42,19 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"weaktr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"weaktr.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"weaktr.commands.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"weaktr.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``weaktr`` console script and ``python -m weaktr``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may stand on either side of options (``run voc --run-dir X a=1``): argparse leaves
+    # the ones after an option unparsed, so they are collected here
+    args, extra = parser.parse_known_args(argv)
+    flags = [e for e in extra if e.startswith("-")]
+    if flags or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
     if not logging.getLogger().handlers:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"

@@ -1,0 +1,106 @@
+"""``weaktr run`` / ``weaktr demo`` / ``weaktr ablate`` end to end on a tiny demo configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from weaktr.ablation import format_table, run_ablations
+from weaktr.cli import COMMANDS, build_parser, main
+from weaktr.pipeline import STAGE_NAMES
+
+TINY = [
+    "data.demo.n_train=24",
+    "data.demo.n_val=6",
+    "data.demo.size=48",
+    "data.demo.n_classes=3",
+    "cam_model.num_classes=3",
+    "cam_model.img_size=48",
+    "cam_model.embed_dim=32",
+    "cam_model.depth=1",
+    "cam_model.num_heads=2",
+    "cam_model.aaf_reduction=1",
+    "cam_train.epochs=1",
+    "cam_train.batch_size=8",
+    "cam_train.img_size=48",
+    "cam_train.num_workers=0",
+    "cam_gen.scales=[1.0]",
+    "seeds.workers=1",
+    "seg_model.n_cls=4",
+    "seg_model.image_size=48",
+    "seg_model.embed_dim=32",
+    "seg_model.depth=1",
+    "seg_model.num_heads=2",
+    "seg_train.epochs=1",
+    "seg_train.batch_size=8",
+    "seg_train.crop=48",
+    "seg_train.base_size=48",
+    "seg_train.gc.cell=12",
+    "seg_train.num_workers=0",
+    "seg_train.eval_every=0",
+    "predict.scales=[1.0]",
+    "predict.window=48",
+    "predict.stride=32",
+    "predict.base_size=48",
+    "predict.workers=1",
+    "report.n_examples=2",
+]
+
+
+def test_every_command_is_registered():
+    parser = build_parser()
+    text = parser.format_help()
+    for name in COMMANDS:
+        assert name.replace("_", "-") in text
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--run-dir", str(run_dir), *TINY]) == 0
+    return run_dir
+
+
+def test_demo_writes_every_artefact(demo_run: Path):
+    summary = json.loads((demo_run / "summary.json").read_text())
+    for key in ("cam_coarse", "cam_fine", "seeds", "seeds_crf", "pseudo_masks", "segmenter"):
+        assert 0.0 <= summary[key]["miou"] <= 1.0, key
+    assert summary["seconds"] > 0
+    assert set(summary["stage_seconds"]) == set(STAGE_NAMES)
+    assert (demo_run / "report" / "index.html").is_file()
+    assert (demo_run / "config.yaml").is_file()
+    ids = (demo_run / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    assert {p.stem for p in (demo_run / "pred" / "val").glob("*.png")} == set(ids)
+
+
+def test_rerun_skips_complete_stages_and_force_redoes_one(demo_run: Path, capsys):
+    markers = {p.name: p.stat().st_mtime_ns for p in (demo_run / "stages").glob("*.json")}
+    assert main(["demo", "--run-dir", str(demo_run), *TINY]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (demo_run / "stages").glob("*.json")} == markers
+    assert main(["demo", "--run-dir", str(demo_run), "--force", "seeds", "--until", "seeds", *TINY]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (demo_run / "stages").glob("*.json")}
+    assert after["seeds.json"] != markers["seeds.json"]
+    assert after["train_cam.json"] == markers["train_cam.json"]
+    assert "segmenter (val)" in capsys.readouterr().out
+
+
+def test_unknown_stage_and_key_fail_cleanly(demo_run: Path, capsys):
+    assert main(["demo", "--run-dir", str(demo_run), "--force", "nope", *TINY]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    assert main(["run", "demo", "--run-dir", str(demo_run), "seg_train.epochz=3"]) == 2
+    assert "seg_train.epochs" in capsys.readouterr().err
+
+
+def test_ablation_reuses_phase1_for_decoder_variants(demo_run: Path, tmp_path: Path):
+    out = tmp_path / "ablate"
+    (out / "base").parent.mkdir(parents=True)
+    (out / "base").symlink_to(demo_run, target_is_directory=True)
+    rows = run_ablations("demo", out, TINY, only=["tau_0"])
+    assert [r["variant"] for r in rows] == ["base", "tau_0"]
+    assert (out / "tau_0" / "cam").is_symlink()
+    assert not (out / "tau_0" / "metrics").is_symlink()
+    assert "segmenter" in rows[1]
+    assert "| tau_0 |" in format_table(rows)
+    assert (out / "ablation.md").is_file()
