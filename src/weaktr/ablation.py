@@ -23,7 +23,10 @@ PHASE1_OUTPUTS = ("cam", "cams", "cams_coarse", "cams_fused", "cams_refined", "s
 
 @dataclass(frozen=True)
 class Variant:
-    """One ablation: a name, the paper table it checks, its overrides, and whether phase 1 changes."""
+    """One ablation: a name, the paper table it checks, its overrides, and whether phase 1 changes.
+
+    Phase-1 variants stop after the seeds; phase-2 variants reuse the base run's seeds.
+    """
 
     name: str
     claim: str
@@ -89,7 +92,8 @@ def run_ablations(
         cfg = load_config(config, [*overrides, *v.overrides, *extra])
         if not v.phase1 and v.name != "base":
             _link_phase1(out_dir / "base", run_dir)
-        summary = run_pipeline(open_run(cfg))
+        # a phase-1 variant is compared on its CAMs and seeds (the paper's Table IV measure)
+        summary = run_pipeline(open_run(cfg), until="seeds" if v.phase1 else None)
         rows.append(
             {
                 "variant": v.name,
