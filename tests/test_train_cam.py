@@ -108,7 +108,7 @@ def test_gt_miou_selection_keeps_the_best_epoch(tiny_data: Path, tmp_path: Path)
     assert selection["mode"] == "gt_miou" and [h["epoch"] for h in history] == [1, 2, 3]
     best = max(history, key=lambda h: h["miou"])
     assert selection["epoch"] == best["epoch"] and selection["miou"] == best["miou"]
-    assert 0.20 <= selection["threshold"] <= 0.60  # the demo config's seeds.sweep
+    assert 0.10 <= selection["threshold"] <= 0.90  # the demo config's seeds.sweep
     records = [json.loads(line) for line in (tmp_path / "cam" / "log.jsonl").read_text().splitlines()]
     assert [r["kept_epoch"] for r in records if r["event"] == "select"][-1] == best["epoch"]
     assert not (tmp_path / "cam" / "select_cams").exists()
