@@ -310,3 +310,16 @@ def test_convert_official_keys(tmp_path) -> None:
         convert_official_cam_state({k: v for k, v in official.items() if k != "blocks.1.mlp.fc2.bias"})
     with pytest.raises(InputError, match="non-float"):
         convert_official_cam_state({**official, "head.bias": torch.zeros(5, dtype=torch.int8)})
+
+
+def test_fusion_sums_bf16_maps_in_float32() -> None:
+    """Under CAM-generation AMP the maps arrive in bf16; both fusions return float32."""
+    K, H, d, T, B = 2, 2, 8, 5, 1
+    attn = [torch.rand(B, H, T, T).to(torch.bfloat16) for _ in range(K)]
+    attn_out = [torch.randn(B, T, H * d) for _ in range(K)]
+    for fusion in ("aaf", "mean"):
+        out = AAF(K, H, d, fusion=fusion, reduction=2.0, feat_reduction=2)(attn, attn_out, [])
+        assert out.fused.dtype == torch.float32 and out.weights.dtype == torch.float32, fusion
+        want = torch.stack([a.float() for a in attn], 2).flatten(1, 2)
+        if fusion == "mean":
+            torch.testing.assert_close(out.fused, want.mean(1))

@@ -114,7 +114,7 @@ class AAF(nn.Module):
         maps = self.stack_maps(attn)
         B, M, T, _ = maps.shape
         if self.fusion == "mean":
-            return AAFOutput(maps.mean(dim=1), maps.new_ones(B, M))
+            return AAFOutput(maps.mean(dim=1, dtype=torch.float32), maps.new_ones(B, M, dtype=torch.float32))
         weights = self.attn_head_ffn(self.head_scores(self.pooled_features(attn_out, head_out)))
         # one (B, 1, M) x (B, M, T·T) product; bf16 maps (CAM generation under AMP) sum in float32
         fused = torch.bmm(weights[:, None] / M, maps.reshape(B, M, T * T).to(weights.dtype))
