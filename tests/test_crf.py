@@ -85,3 +85,13 @@ def test_run_parallel_equals_serial_in_order() -> None:
     assert serial == [j * j for j in jobs]
     assert run_parallel(_square, jobs, workers=2, progress=False) == serial
     assert run_parallel(_square, [], workers=2, progress=False) == []
+
+
+def test_read_only_image_is_accepted():
+    """np.asarray of a PIL image is read-only; pydensecrf would refuse its buffer."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    labels = (np.arange(30)[None, :] >= 15).repeat(20, 0).astype(np.int64)
+    out = label_crf(image, labels, 2, CRFParams.voc_label())
+    assert out.shape == (20, 30)

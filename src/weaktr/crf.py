@@ -86,7 +86,8 @@ def _check_image(image: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"CRF image must be H×W×3 uint8, got {image.dtype} {image.shape}")
     if image.shape[:2] != hw:
         raise ValueError(f"CRF image is {image.shape[:2]} but the labels/probabilities are {hw}")
-    return np.ascontiguousarray(image)
+    # pydensecrf needs a writable C-contiguous buffer (np.asarray of a PIL image is read-only)
+    return np.ascontiguousarray(image) if image.flags.writeable else image.copy(order="C")
 
 
 def _infer(unary: np.ndarray, image: np.ndarray, n_labels: int, params: CRFParams) -> np.ndarray:
