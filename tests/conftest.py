@@ -59,6 +59,16 @@ def assert_labels_agree(actual, expected, min_fraction: float = 0.999, name: str
     assert frac >= min_fraction, f"{name}: only {frac:.5f} of pixels agree"
 
 
+def golden_crf_params(crf: dict):
+    """The CRF settings a golden case's JSON records, as ``CRFParams``."""
+    from weaktr.crf import CRFParams
+
+    g, b = crf["gaussian"], crf["bilateral"]
+    return CRFParams(
+        g["sxy"], g["compat"], b["sxy"], b["srgb"], b["compat"], crf["iterations"], crf["gt_prob"]
+    )
+
+
 @pytest.fixture
 def coco_mini() -> Path:
     """The real VOC-layout mini data set in ../shared; skips when absent."""

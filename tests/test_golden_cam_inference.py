@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close, assert_labels_agree, load_golden
+from conftest import assert_close, assert_labels_agree, golden_crf_params, load_golden
 
 from weaktr.cam.generate import fuse_cams, preprocess_scales, resize_bicubic, to_normalised_tensor
 from weaktr.cam.seeds import seed_from_cams
@@ -66,16 +66,7 @@ def test_seed_and_crf_seed_match(golden) -> None:
     seed = seed_from_cams(cams, classes, js["threshold"])
     assert seed.dtype == np.uint8
     assert_labels_agree(seed, t["seed_label_t043"], name="seed")
-    crf = js["crf"]
-    params = CRFParams(
-        crf["gaussian"]["sxy"],
-        crf["gaussian"]["compat"],
-        crf["bilateral"]["sxy"],
-        crf["bilateral"]["srgb"],
-        crf["bilateral"]["compat"],
-        crf["iterations"],
-        crf["gt_prob"],
-    )
+    params = golden_crf_params(js["crf"])
     assert params == CRFParams.voc_label()
     seed_crf = seed_from_cams(cams, classes, js["threshold"], _image(t), params)
     assert_labels_agree(seed_crf, t["seed_label_t043_crf"], name="seed_crf")

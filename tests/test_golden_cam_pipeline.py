@@ -11,11 +11,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import assert_labels_agree, golden_dir, load_golden, load_golden_state
+from conftest import assert_labels_agree, golden_crf_params, golden_dir, load_golden, load_golden_state
 
 from weaktr.cam.generate import multiscale_cam
 from weaktr.cam.seeds import seed_from_cams
-from weaktr.crf import CRFParams
 from weaktr.models.cam import CAMNet, convert_official_cam_state
 
 pytestmark = pytest.mark.golden
@@ -67,16 +66,7 @@ def test_seed_and_crf_seed_match(pipeline) -> None:
     tensors, meta, cams, classes = pipeline
     seed = seed_from_cams(cams.numpy(), classes, meta["threshold"])
     assert_labels_agree(seed, tensors["seed_label_t043"], name="seed")
-    crf = meta["crf"]
-    params = CRFParams(
-        crf["gaussian"]["sxy"],
-        crf["gaussian"]["compat"],
-        crf["bilateral"]["sxy"],
-        crf["bilateral"]["srgb"],
-        crf["bilateral"]["compat"],
-        crf["iterations"],
-        crf["gt_prob"],
-    )
+    params = golden_crf_params(meta["crf"])
     image = tensors["image"].permute(1, 2, 0).contiguous().numpy()
     seed_crf = seed_from_cams(cams.numpy(), classes, meta["threshold"], image, params)
     assert_labels_agree(seed_crf, tensors["seed_label_t043_crf"], name="seed_crf")
