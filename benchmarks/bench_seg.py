@@ -7,7 +7,11 @@ idle 2-core machine of the kind this runs on):
 - sliding-window inference of one 500×375 image: one scale; 6 scales × flip with the two-layer
   ensemble, in float32 and with bf16 on the CPU (counted only when ≥ 99.5 % of its pixels agree with
   float32);
-- softmax CRF of one image (21 labels, one core), and of 8 images with 1 and 2 worker processes.
+- softmax CRF of one image (21 labels, one core), and of 8 images with 1 and 2 worker processes;
+- same-machine baselines ("authors' way"): the training step with the authors' unfused attention, and
+  their inference loop re-enacted on our model (flips and windows run separately in batches of 4,
+  full-size window logits merged on a canvas). The authors' absolute figures came from another
+  machine; these ratios do not depend on which machine runs the script.
 
 Wall and CPU time are both recorded, with the load average before and after: on a shared machine
 the wall time of a step grows with the load, so compare ratios. Writes benchmarks/results/bench_seg.json.
@@ -35,7 +39,14 @@ import torch.nn.functional as F
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
-from weaktr.evaluation.inference import predict_probs
+from weaktr.evaluation.inference import (
+    MS_RATIOS,
+    predict_probs,
+    scaled_size,
+    to_input,
+    upscaled_size,
+    window_anchors,
+)
 from weaktr.losses import gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 
@@ -96,7 +107,7 @@ def blob_image(h: int = 375, w: int = 500, seed: int = 0) -> np.ndarray:
     return (img[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
-def bench_train(repeats: int) -> dict[str, Any]:
+def bench_train(repeats: int) -> dict[str, dict[str, Any]]:
     torch.manual_seed(0)
     model = build_segmenter(SegConfig()).train()
     opt = build_sgd(param_groups(model, 1e-4, 0.1), 1e-4, 0.9, True, 0.0)
@@ -111,7 +122,68 @@ def bench_train(repeats: int) -> dict[str, Any]:
         loss.backward()
         opt.step()
 
-    return measure(step, repeats)
+    out = {"train_step": measure(step, repeats)}
+    # the authors' attention (softmax(q·kᵀ·scale)·v, no fused kernel): a same-machine baseline
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = False
+    out["train_step_authors_way"] = measure(step, repeats)
+    return out
+
+
+def authors_way_probs(
+    model: torch.nn.Module, image: np.ndarray, window: int = 480, stride: int = 320
+) -> torch.Tensor:
+    """The authors' inference loop re-enacted on our model, as a same-machine baseline (not their code).
+
+    As their Segmenter ``inference``: each scale and its flip run separately, windows in batches of 4,
+    attention as ``softmax(q·kᵀ·scale)·v`` (no fused kernel), every window's logits upsampled to the
+    window and summed into a full-size canvas with a count map, the average resized to the image,
+    then softmax; the two decoder outputs share one encoder pass (favourable to them).
+    """
+    fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
+    for m, _ in fused:
+        m.fused_attn = False
+    x0 = to_input(image, model.mean, model.std, torch.device("cpu"))
+    H, W = x0.shape[-2:]
+    sums = [torch.zeros(model.n_cls, H, W), torch.zeros(model.n_cls, H, W)]
+    try:
+        with torch.no_grad():
+            for ratio in MS_RATIOS:
+                x = F.interpolate(
+                    x0, size=scaled_size(H, W, ratio, 520), mode="bilinear", align_corners=False
+                )
+                x = F.interpolate(
+                    x, size=upscaled_size(*x.shape[-2:], window), mode="bilinear", align_corners=False
+                )
+                for flip in (False, True):
+                    xi = x.flip(-1) if flip else x
+                    h, w = xi.shape[-2:]
+                    xp = F.pad(xi, (0, max(0, window - w), 0, max(0, window - h)))
+                    boxes = [
+                        (a, b)
+                        for a in window_anchors(xp.shape[-2], window, stride)
+                        for b in window_anchors(xp.shape[-1], window, stride)
+                    ]
+                    canvas = [torch.zeros(model.n_cls, *xp.shape[-2:]) for _ in range(2)]
+                    count = torch.zeros(1, *xp.shape[-2:])
+                    for i in range(0, len(boxes), 4):
+                        crops = torch.cat(
+                            [xp[..., a : a + window, b : b + window] for a, b in boxes[i : i + 4]]
+                        )
+                        out = model(crops, return_layer1=True)
+                        for k, (a, b) in enumerate(boxes[i : i + 4]):
+                            for c, o in zip(canvas, out, strict=True):
+                                c[:, a : a + window, b : b + window] += o[k]
+                            count[:, a : a + window, b : b + window] += 1
+                    for acc, c in zip(sums, canvas, strict=True):
+                        logits = F.interpolate((c / count)[None, :, :h, :w], size=(H, W), mode="bilinear")
+                        acc += (logits.flip(-1) if flip else logits)[0].softmax(0)
+    finally:
+        for m, flag in fused:
+            m.fused_attn = flag
+    n = 2 * len(MS_RATIOS)
+    return sums[0] / n + 0.8 * sums[1] / n
 
 
 def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[str, Any]:
@@ -132,6 +204,14 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[st
     out["infer_1scale_bf16"] = measure(run("1scale_bf16", amp=True, **one), repeats)
     out["infer_6scale_flip_ens"] = measure(run("6scale", amp=False), ms_repeats, warmup=0)
     out["infer_6scale_flip_ens_bf16"] = measure(run("6scale_bf16", amp=True), ms_repeats, warmup=0)
+
+    def authors_way() -> None:
+        preds["authors_way"] = authors_way_probs(model, image).argmax(0)
+
+    out["infer_6scale_flip_ens_authors_way"] = measure(authors_way, ms_repeats, warmup=0)
+    same = (preds["authors_way"] == preds["6scale"]).float().mean().item()
+    out["infer_6scale_flip_ens_authors_way"]["agreement"] = same
+    out["infer_6scale_flip_ens_authors_way"]["counts"] = same >= AGREEMENT_MIN
     for name in ("1scale", "6scale"):
         agree = (preds[name] == preds[f"{name}_bf16"]).float().mean().item()
         key = "infer_1scale_bf16" if name == "1scale" else "infer_6scale_flip_ens_bf16"
@@ -171,21 +251,28 @@ def table(results: dict[str, Any]) -> str:
     """
     timings = results["timings"]
     machine_factor = timings["crf_1"]["wall_s"] / AUTHORS["crf_1"] if "crf_1" in timings else None
+    here = timings.get("infer_6scale_flip_ens_authors_way", {}).get("wall_s")
     rows = [
-        "| measure | wall s | CPU s | authors s | authors / ours | CRF-scaled | note |",
-        "|---|---|---|---|---|---|---|",
+        "| measure | wall s | CPU s | authors s | authors / ours | CRF-scaled | authors' way here / ours "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, r in timings.items():
         base = AUTHORS.get(key.removesuffix("_bf16"))
         ratio = f"{base / r['wall_s']:.2f}×" if base else ""
         scaled = f"{base * machine_factor / r['wall_s']:.2f}×" if base and machine_factor else ""
+        same = f"{here / r['wall_s']:.2f}×" if here and key.startswith("infer_6scale") else ""
+        if key.startswith("train_step") and "train_step_authors_way" in timings:
+            same = f"{timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
         note = ""
         if "agreement" in r:
-            note = f"agrees {100 * r['agreement']:.2f}% with fp32" + (
+            what = "ours fp32" if key.endswith("authors_way") else "fp32"
+            note = f"agrees {100 * r['agreement']:.2f}% with {what}" + (
                 "" if r["counts"] else " (< 99.5%: does not count)"
             )
         rows.append(
-            f"| {key} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {base or ''} | {ratio} | {scaled} | {note} |"
+            f"| {key} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {base or ''} | {ratio} | {scaled} | {same} "
+            f"| {note} |"
         )
     return "\n".join(rows)
 
@@ -222,7 +309,7 @@ def main() -> None:
         "timings": timings,
     }
     sections = {
-        "train": lambda: {"train_step": bench_train(args.repeats)},
+        "train": lambda: bench_train(args.repeats),
         "infer": lambda: bench_inference(args.repeats, args.ms_repeats, args.window_batch),
         "crf": lambda: bench_crf(args.repeats),
     }

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from weaktr.config import config_from_dict
 from weaktr.crf import CRFParams, label_crf, run_parallel, softmax_crf
 from weaktr.errors import InputError
 
@@ -32,6 +33,17 @@ def test_presets_match_the_spec() -> None:
     assert CRFParams.preset("coco_label") == CRFParams.coco_label()
     with pytest.raises(InputError, match="unknown CRF preset"):
         CRFParams.preset("ade")
+
+
+def test_preset_overrides_from_the_config() -> None:
+    cfg = config_from_dict({"seeds": {"crf_params": {"bilateral_sxy": 20, "bilateral_compat": 20}}})
+    params = CRFParams.preset("voc_label", **cfg.seeds.crf_params.set_values())
+    assert params == CRFParams(4, 3, 20, 5, 20, 10, 0.7)
+    assert config_from_dict({}).predict.crf_params.set_values() == {}
+    with pytest.raises(InputError, match="bilateral_sigma"):
+        config_from_dict({"predict": {"crf_params": {"bilateral_sigma": 3}}})
+    with pytest.raises(InputError, match="unknown CRF parameters"):
+        CRFParams.preset("voc_softmax", sxy=3)
 
 
 def test_label_crf_moves_a_noisy_seed_to_the_edge() -> None:

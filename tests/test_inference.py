@@ -11,6 +11,7 @@ from weaktr.evaluation.inference import (
     multiscale_probs,
     predict_logits,
     predict_probs,
+    resize_matrix,
     scaled_size,
     sliding_window_logits,
     to_input,
@@ -41,10 +42,16 @@ class Stub(nn.Module):
         cols = torch.arange(x.shape[-1], dtype=x.dtype) / x.shape[-1]
         return y + self.ramp * cols * torch.arange(y.shape[1], dtype=x.dtype).view(1, -1, 1, 1)
 
+    patch_size = 1  # outputs at full resolution: the window maps' upsampling is the identity
+
     def forward(self, x: torch.Tensor, return_layer1: bool = False) -> torch.Tensor | SegOutput:
+        y = self.forward_masks(x, return_layer1)
+        return SegOutput(*y) if return_layer1 else y[0]
+
+    def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
         self.seen.append(tuple(x.shape))
         y = self._out(self.head, x)
-        return SegOutput(y, self._out(self.head1, x)) if return_layer1 else y
+        return [y, self._out(self.head1, x)] if return_layer1 else [y]
 
 
 @pytest.mark.parametrize(
@@ -154,3 +161,35 @@ def test_uint8_input_is_normalised_and_mode_restored() -> None:
     assert model.training
     with pytest.raises(ValueError):
         to_input(np.zeros((4, 5), dtype=np.uint8), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+
+
+def test_window_maps_equal_upsample_average_crop_resize_of_the_segmenter() -> None:
+    """The folded matrices reproduce the authors' pixel path: upsample each window, average by count,
+    crop the padding, resize to the output size (patch 8, window not a multiple of the stride)."""
+    torch.manual_seed(0)
+    model = build_segmenter(
+        SegConfig(n_cls=3, image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=1)
+    ).eval()
+    x = torch.randn(2, 3, 45, 70)
+    window, stride, out_size = 40, 24, (37, 51)
+    with torch.no_grad():
+        (avg,) = sliding_window_logits(model, x, window, stride, out_size=out_size)
+        hp, wp = max(45, window), max(70, window)
+        xp = torch.nn.functional.pad(x, (0, wp - 70, 0, hp - 45))
+        acc, cnt = torch.zeros(2, 3, hp, wp), torch.zeros(1, 1, hp, wp)
+        for a in window_anchors(hp, window, stride):
+            for b in window_anchors(wp, window, stride):
+                acc[..., a : a + window, b : b + window] += model(xp[..., a : a + window, b : b + window])
+                cnt[..., a : a + window, b : b + window] += 1
+        ref = torch.nn.functional.interpolate(
+            (acc / cnt)[..., :45, :70], size=out_size, mode="bilinear", align_corners=False
+        )
+    torch.testing.assert_close(avg, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_resize_matrix_matches_interpolate() -> None:
+    v = torch.randn(2, 3, 7, 11)
+    m_h, m_w = resize_matrix(19, 7), resize_matrix(5, 11)
+    ref = torch.nn.functional.interpolate(v, size=(19, 5), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(m_h @ v @ m_w.T, ref)
+    torch.testing.assert_close(resize_matrix(6, 6), torch.eye(6))

@@ -153,7 +153,7 @@ def test_class_count_mismatch_is_an_input_error(
     assert err.value.path == path
 
 
-def test_cpu_bf16_runs_only_the_encoder_linears_in_bf16_and_restores_them(
+def test_cpu_bf16_runs_only_the_encoder_blocks_in_bf16_and_restores_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch.manual_seed(0)
@@ -161,16 +161,16 @@ def test_cpu_bf16_runs_only_the_encoder_linears_in_bf16_and_restores_them(
     x = torch.randn(2, 3, 40, 56)
     (ref,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16)
     calls: list[torch.dtype] = []
-    original = inf._linear_bf16
+    original = inf._run_bf16
 
-    def spy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        calls.append(weight.dtype)
-        return original(x, weight, bias)
+    def spy(module: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        calls.append(next(module.parameters()).dtype)
+        return original(module, *args)
 
-    monkeypatch.setattr(inf, "_linear_bf16", spy)
+    monkeypatch.setattr(inf, "_run_bf16", spy)
     (low,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16, amp=True)
-    n_encoder = sum(isinstance(m, torch.nn.Linear) for m in model.encoder.modules())
-    assert calls == [torch.bfloat16] * n_encoder  # one batch of windows; the decoder stays fp32
+    assert calls == [torch.bfloat16] * len(model.encoder.blocks)  # one batch of windows; decoder fp32
     assert low.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the bf16 weights are copies
     torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
-    assert not any("forward" in vars(m) for m in model.modules())  # Linear.forward is restored
+    assert not any("forward" in vars(m) for m in model.modules())  # Block.forward is restored

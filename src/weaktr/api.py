@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,8 @@ class WeakTr:
 
     Build it with :meth:`load` or :meth:`from_run`. ``window``, ``stride`` and ``base_size`` are the
     sliding-window inference settings (see :func:`weaktr.evaluation.inference.predict_probs`);
-    ``ensemble_weight`` weighs the decoder-layer-1 output (0 turns the ensemble off).
+    ``ensemble_weight`` weighs the decoder-layer-1 output (0 turns the ensemble off); the softmax
+    CRF uses ``crf_preset`` with any fields in ``crf_params`` replaced.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class WeakTr:
         base_size: int | None = None,
         ensemble_weight: float = 0.8,
         crf_preset: str = "voc",
+        crf_params: dict[str, float] | None = None,
     ) -> None:
         if segmenter is None and cam_model is None:
             raise InputError("WeakTr needs a segmenter checkpoint, a CAM checkpoint or both")
@@ -136,7 +139,7 @@ class WeakTr:
         self.stride = stride or max(1, round(self.window * 2 / 3))
         self.base_size = base_size or size
         self.ensemble_weight = ensemble_weight
-        self.crf_params = CRFParams.preset(f"{crf_preset}_softmax")
+        self.crf_params = CRFParams.preset(f"{crf_preset}_softmax", **(crf_params or {}))
 
     @classmethod
     def load(
@@ -145,7 +148,7 @@ class WeakTr:
         cam_checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
         class_names: Sequence[str] | None = None,
-        **settings: float | str | None,
+        **settings: Any,
     ) -> WeakTr:
         """Load checkpoints written by ``weaktr run`` (or ``weaktr convert``); either may be left out.
 
@@ -180,6 +183,7 @@ class WeakTr:
                 base_size=p.base_size,
                 ensemble_weight=p.ensemble_weight,
                 crf_preset=p.crf_preset,
+                crf_params=p.crf_params.set_values(),
             )
         return cls.load(
             seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, **settings

@@ -96,6 +96,24 @@ class CamGenConfig:
 
 
 @dataclass
+class CRFOverrides:
+    """Values replacing the preset's (None keeps it). The presets suit VOC/COCO photos of ~500 px; the
+    pairwise kernels are in pixels and colour levels, so much smaller or flatter images want others."""
+
+    gauss_sxy: float | None = None
+    gauss_compat: float | None = None
+    bilateral_sxy: float | None = None
+    bilateral_srgb: float | None = None
+    bilateral_compat: float | None = None
+    iterations: int | None = None
+    gt_prob: float | None = None  # label CRF only
+
+    def set_values(self) -> dict[str, Any]:
+        """The overridden values only, as keywords for :meth:`weaktr.crf.CRFParams.preset`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class SeedConfig:
     """Background threshold + label CRF turning CAMs into seed label maps (spec §1.6)."""
 
@@ -105,6 +123,7 @@ class SeedConfig:
     sweep: list[float] = field(default_factory=lambda: [0.30, 0.59])  # inclusive range, step 0.01
     crf: bool = True
     crf_preset: Literal["voc", "coco"] = "voc"
+    crf_params: CRFOverrides = field(default_factory=CRFOverrides)
     workers: int = 0  # CRF processes; 0 = all cores
 
 
@@ -159,6 +178,7 @@ class PredictConfig:
     ensemble_weight: float = 0.8  # weight of the decoder-layer-1 output; 0 = off
     crf: bool = True
     crf_preset: Literal["voc", "coco"] = "voc"
+    crf_params: CRFOverrides = field(default_factory=CRFOverrides)
     workers: int = 0  # CRF processes; 0 = all cores
     amp: bool = False
     splits: list[str] = field(default_factory=lambda: ["val", "train"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -55,8 +55,9 @@ class CRFParams:
         return cls(1, 3, 67, 3, 4)
 
     @classmethod
-    def preset(cls, name: str) -> CRFParams:
-        """A preset by name: ``voc_label``, ``coco_label``, ``voc_softmax`` or ``coco_softmax``."""
+    def preset(cls, name: str, **overrides: float) -> CRFParams:
+        """A preset by name (``voc_label``, ``coco_label``, ``voc_softmax``, ``coco_softmax``), with
+        any of its fields replaced by ``overrides``."""
         presets = {
             "voc_label": cls.voc_label,
             "coco_label": cls.coco_label,
@@ -65,7 +66,10 @@ class CRFParams:
         }
         if name not in presets:
             raise InputError(f"unknown CRF preset {name!r}; choose one of {sorted(presets)}")
-        return presets[name]()
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(f"unknown CRF parameters {unknown}; known: {[f.name for f in fields(cls)]}")
+        return replace(presets[name](), **overrides)
 
 
 def _pydensecrf() -> tuple[ModuleType, ModuleType]:

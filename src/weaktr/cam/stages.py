@@ -182,7 +182,8 @@ def seeds_stage(ctx: RunContext, cam_dir: str | Path, crf: bool, out_dir: str | 
     """Seed label PNGs (palette of the data set) from every CAM file in ``cam_dir``; CRF optional."""
     cam_dir, out = Path(cam_dir), Path(out_dir)
     threshold = choose_threshold(ctx, cam_dir)
-    params = CRFParams.preset(f"{ctx.cfg.seeds.crf_preset}_label") if crf else None
+    sc = ctx.cfg.seeds
+    params = CRFParams.preset(f"{sc.crf_preset}_label", **sc.crf_params.set_values()) if crf else None
     ids = shard(cam_ids(cam_dir), ctx.dist.rank, ctx.dist.world)
     workers = ctx.cfg.seeds.workers or len(os.sched_getaffinity(0))
     log.info("seeds: t=%.2f, CRF %s, %d workers → %s", threshold, "on" if crf else "off", workers, out)

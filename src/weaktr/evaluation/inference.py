@@ -5,14 +5,16 @@ to the image size and flipped back, and only then soft-maxed; the probabilities 
 variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from decoder block 1 (golden O7).
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
 batched through the model in chunks. ``amp`` means bf16 autocast on CUDA and, on the CPU, bf16 in the
-encoder's Linear layers only (:func:`_bf16_linears`).
+encoder's transformer blocks only (:func:`_bf16_encoder_blocks`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,37 +80,74 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _bf16_linears(model: nn.Module) -> Iterator[None]:
-    """CPU mixed precision: the encoder's Linear layers compute in bf16 (weights cast once), the rest fp32.
+def _bf16_encoder_blocks(model: nn.Module) -> Iterator[None]:
+    """CPU mixed precision: the encoder's transformer blocks run entirely in bf16, everything else fp32.
 
-    Plain CPU autocast also puts attention and the decoder in bf16. That buys nothing for attention
-    (torch's fused CPU kernel is no faster in bf16 than in fp32) but costs agreement: the decoder's
-    class scores spread by ~1e-2 before its LayerNorm, so bf16 rounding there flips ~1.5 % of the
-    window pixels of a random-weight DeiT-S; this split flips ~0.4 % (0.36 % after 6 scales × flip).
+    Each block's forward is routed to a bf16 copy of it (weights cast once per context), taking and
+    returning fp32 so the patch embedding, the final norm and the decoder stay exact. Whole blocks
+    beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and LayerNorm); the
+    decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm, where bf16
+    rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the 6-scale
+    agreement with fp32 from 99.6 % to 99.5 %). Re-entering while active changes nothing.
     """
-    linears = [m for m in getattr(model, "encoder", model).modules() if isinstance(m, nn.Linear)]
-    for m in linears:
-        w = m.weight.detach().to(torch.bfloat16)
-        b = None if m.bias is None else m.bias.detach().to(torch.bfloat16)
-        m.forward = partial(_linear_bf16, weight=w, bias=b)  # instance attribute shadows Linear.forward
+    blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
+    if any("forward" in vars(b) for b in blocks):
+        yield
+        return
+    for block in blocks:
+        block.forward = partial(_run_bf16, copy.deepcopy(block).to(torch.bfloat16))
     try:
         yield
     finally:
-        for m in linears:
-            del m.forward
+        for block in blocks:
+            del block.forward
 
 
-def _linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return F.linear(x.to(torch.bfloat16), weight, bias).float()
+def _run_bf16(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Call ``module`` (already bf16) with its floating tensor arguments cast to bf16; fp32 out."""
+
+    def cast(v: Any) -> Any:
+        return v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    out = module(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+    return out.float()
 
 
 def _precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA; the encoder-linears-only bf16 of :func:`_bf16_linears` on the CPU."""
+    """bf16 autocast on CUDA; the encoder-blocks-only bf16 of :func:`_bf16_encoder_blocks` on the CPU."""
     if not amp:
         return nullcontext()
     if device.type == "cpu":
-        return _bf16_linears(model)
+        return _bf16_encoder_blocks(model)
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def resize_matrix(out_size: int, in_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """(out, in) matrix M with ``M @ v`` = PyTorch's 1-D bilinear resize of v (align_corners False).
+
+    Built by resizing the identity, so it follows ``F.interpolate``'s own index rule exactly; 2-D
+    bilinear resizing is separable into one such matrix per axis.
+    """
+    eye = torch.eye(in_size, device=device)
+    return F.interpolate(eye[None], size=out_size, mode="linear", align_corners=False)[0].T
+
+
+def _axis_maps(
+    size: int, out_size: int, window: int, stride: int, grid: int, patch: int, device: torch.device
+) -> dict[int, torch.Tensor]:
+    """Per window anchor on one axis, the (out_size, grid) map from a window's patch-grid output to the
+    final image axis: upsample to the window, place at the anchor, divide by the window count, crop the
+    padding, resize to ``out_size``. The composition of these linear steps is what the authors compute
+    pixel by pixel; as a matrix it costs a few small matmuls per window instead of full-size tensors.
+    """
+    padded = max(size, window)
+    anchors = window_anchors(padded, window, stride)
+    count = torch.zeros(padded, device=device)
+    for a in anchors:
+        count[a : a + window] += 1
+    scaled = resize_matrix(out_size, size, device) / count[:size]
+    up = resize_matrix(grid * patch, grid, device)[:window]
+    return {a: scaled[:, a : min(a + window, size)] @ up[: min(a + window, size) - a] for a in anchors}
 
 
 def sliding_window_logits(
@@ -119,33 +158,37 @@ def sliding_window_logits(
     layer1: bool = False,
     window_batch: int = 8,
     amp: bool = False,
+    out_size: tuple[int, int] | None = None,
 ) -> list[torch.Tensor]:
-    """(N, 3, H, W) same-size images -> per output, (N, C, H, W) logits averaged over covering windows.
+    """(N, 3, H, W) same-size images -> per output, (N, C, *out_size) logits averaged over covering windows.
 
-    Images smaller than the window are zero-padded to it and the logits cropped back. Window outputs
-    are added into the sums chunk by chunk, so memory holds one chunk of window logits, not all.
+    Images smaller than the window are zero-padded to it and the logits cropped back; ``out_size``
+    (default: the images' size) resizes the averaged logits bilinearly. The model gives each window's
+    masks on its patch grid (``forward_masks``); upsampling, averaging and resizing are folded into
+    one matrix per window anchor and axis (:func:`_axis_maps`), so no full-size window logits exist.
     """
     N, _, H, W = images.shape
+    out_h, out_w = out_size or (H, W)
     x = F.pad(images, (0, max(0, window - W), 0, max(0, window - H)))
-    Hp, Wp = x.shape[-2:]
-    anchors = [(a, b) for a in window_anchors(Hp, window, stride) for b in window_anchors(Wp, window, stride)]
-    jobs = [(n, a, b) for a, b in anchors for n in range(N)]
-    count = torch.zeros(1, 1, Hp, Wp, device=x.device)
-    for a, b in anchors:
-        count[..., a : a + window, b : b + window] += 1
+    patch = int(model.patch_size)
+    grid = -(-window // patch)
+    rows = _axis_maps(H, out_h, window, stride, grid, patch, x.device)
+    cols = _axis_maps(W, out_w, window, stride, grid, patch, x.device)
+    jobs = [(n, a, b) for a in rows for b in cols for n in range(N)]
     sums: list[torch.Tensor] = []
     with _precision(model, x.device, amp):
         for i in range(0, len(jobs), window_batch):
             chunk = jobs[i : i + window_batch]
             crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
-            y = model(crops, return_layer1=layer1)
-            outs = [y.logits, y.logits_layer1] if layer1 else [y]
+            outs = model.forward_masks(crops, return_layer1=layer1)
             if not sums:
-                sums = [torch.zeros(N, o.shape[1], Hp, Wp, device=x.device) for o in outs]
-            for acc, out in zip(sums, outs, strict=True):
-                for k, (n, a, b) in enumerate(chunk):
-                    acc[n, :, a : a + window, b : b + window] += out[k].float()
-    return [(acc / count)[..., :H, :W] for acc in sums]
+                sums = [torch.zeros(N, o.shape[1], out_h, out_w, device=x.device) for o in outs]
+            left = torch.stack([rows[a] for _, a, _ in chunk]).unsqueeze(1)  # (B, 1, out_h, grid)
+            right = torch.stack([cols[b] for _, _, b in chunk]).unsqueeze(1).transpose(-1, -2)
+            index = torch.tensor([n for n, _, _ in chunk], device=x.device)
+            for acc, masks in zip(sums, outs, strict=True):
+                acc.index_add_(0, index, left @ (masks.float() @ right))
+    return sums
 
 
 def _variant_inputs(
@@ -187,12 +230,11 @@ def multiscale_probs(
     H, W = x.shape[-2:]
     sums: list[torch.Tensor] = []
     n_variants = 0
-    with _eval_mode(model):
+    with _eval_mode(model), _precision(model, device, amp):
         for ratio in scales:
             batch = _variant_inputs(x, ratio, base_size, window, flip)
-            outs = sliding_window_logits(model, batch, window, stride, layer1, window_batch, amp)
+            outs = sliding_window_logits(model, batch, window, stride, layer1, window_batch, amp, (H, W))
             for i, logits in enumerate(outs):
-                logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
                 if flip:
                     logits = torch.cat([logits[:1], logits[1:].flip(-1)])
                 p = logits.softmax(dim=1).sum(0)
@@ -247,7 +289,7 @@ def predict_logits(
     device = device or next(model.parameters()).device
     x = to_input(image, mean or model.mean, std or model.std, device)
     H, W = x.shape[-2:]
-    with _eval_mode(model):
+    with _eval_mode(model), _precision(model, device, amp):
         batch = _variant_inputs(x, 1.0, base_size, window, flip=False)
-        (logits,) = sliding_window_logits(model, batch, window, stride, False, window_batch, amp)
-    return F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)[0]
+        (logits,) = sliding_window_logits(model, batch, window, stride, False, window_batch, amp, (H, W))
+    return logits[0]

@@ -107,7 +107,7 @@ def predict_split(
         if not (out_dir / f"{i}.png").is_file() or (save_probs and not (probs_dir / f"{i}.npz").is_file())
     ]
     palette = voc_palette() if info.palette == "voc" else None
-    params = CRFParams.preset(f"{p.crf_preset}_softmax") if crf else None
+    params = CRFParams.preset(f"{p.crf_preset}_softmax", **p.crf_params.set_values()) if crf else None
     amp = p.amp and (ctx.device.type == "cuda" or cfg.amp_cpu)
     weight = p.ensemble_weight or None
     workers = p.workers or max(1, len(os.sched_getaffinity(0)) // ctx.dist.world)

@@ -212,14 +212,24 @@ class Segmenter(nn.Module):
         final_norm = enc.norm if not isinstance(enc.norm, nn.Identity) else getattr(enc, "fc_norm", enc.norm)
         return final_norm(t)
 
-    def forward(self, x: torch.Tensor, return_layer1: bool = False) -> torch.Tensor | SegOutput:
-        """(B, 3, H, W) normalised images -> logits (B, n_cls, H, W), or a SegOutput with layer-1 logits."""
+    def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
+        """(B, 3, H0, W0) -> [final] or [final, layer-1] masks on the patch grid of the padded input.
+
+        ``forward`` upsamples these to the padded size and crops; the sliding-window inference folds
+        that upsampling into one linear map per image instead (it is linear, and so is the averaging).
+        """
         H0, W0 = x.shape[-2:]
         p = self.patch_size
         x = F.pad(x, (0, (-W0) % p, 0, (-H0) % p))
         H, W = x.shape[-2:]
         tokens = self.encoder_tokens(x)[:, self.num_prefix_tokens :]
-        masks = self.decoder(tokens, (H // p, W // p), return_layer1)
+        return self.decoder(tokens, (H // p, W // p), return_layer1)
+
+    def forward(self, x: torch.Tensor, return_layer1: bool = False) -> torch.Tensor | SegOutput:
+        """(B, 3, H, W) normalised images -> logits (B, n_cls, H, W), or a SegOutput with layer-1 logits."""
+        H0, W0 = x.shape[-2:]
+        masks = self.forward_masks(x, return_layer1)
+        H, W = (masks[0].shape[-2] * self.patch_size, masks[0].shape[-1] * self.patch_size)
         up = [
             F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)[..., :H0, :W0] for m in masks
         ]
