@@ -175,3 +175,35 @@ def test_amp_runs_the_model_in_bfloat16_and_fuses_in_float32() -> None:
     fast, _ = multiscale_cam(model, image, [1, 2], [1.0], MEAN, STD, CPU, amp=True)
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, exact, atol=0.1, rtol=0)
+
+
+def test_generate_several_kinds_from_one_forward(tmp_path: Path) -> None:
+    """``also`` writes other CAM kinds from the same forwards, equal to separate single-kind runs."""
+    items = [(f"im{i}", _image(seed=i), [1 + i % 4]) for i in range(3)]
+    model = FakeCAM()
+    generate_cams(
+        model,
+        items,
+        tmp_path / "fused",
+        [1.0, 0.5],
+        MEAN,
+        STD,
+        CPU,
+        kind="fused",
+        progress=False,
+        also={"refined": tmp_path / "refined"},
+    )
+    assert len(model.batches) == 2 * 3  # one forward per image and scale, not one per kind
+    for kind in ("fused", "refined"):
+        generate_cams(
+            FakeCAM(), items, tmp_path / f"ref_{kind}", [1.0, 0.5], MEAN, STD, CPU, kind=kind, progress=False
+        )
+        for i, _, _ in items:
+            got, _ = load_cams(tmp_path / kind / f"{i}.npz")
+            ref, _ = load_cams(tmp_path / f"ref_{kind}" / f"{i}.npz")
+            np.testing.assert_array_equal(got, ref)
+    fused, _ = load_cams(tmp_path / "fused" / "im0.npz")
+    refined, _ = load_cams(tmp_path / "refined" / "im0.npz")
+    assert not np.array_equal(fused, refined)
+    with pytest.raises(InputError, match="unknown CAM kind"):
+        generate_cams(FakeCAM(), items, tmp_path / "x", [1.0], MEAN, STD, CPU, also={"sharp": tmp_path})

@@ -80,9 +80,11 @@ def _eval_cams(ctx: RunContext) -> dict[str, Any]:
     split = _cam_eval_split(ctx)
     model = ctx.run_dir / "cam" / "model.safetensors"
     results = {"cam_fine": evaluate_stage(ctx, ctx.run_dir / "cams", split, "cam_fine", sweep=True)}
-    for kind, name in (("coarse", "cam_coarse"), (_other_refine_kind(ctx), f"cam_{_other_refine_kind(ctx)}")):
-        cams = gen_cam_stage(ctx, model, split=split, kind=kind, out_dir=ctx.run_dir / f"cams_{kind}")
-        results[name] = evaluate_stage(ctx, cams, split, name, sweep=True)
+    other = _other_refine_kind(ctx)
+    dirs = {kind: ctx.run_dir / f"cams_{kind}" for kind in ("coarse", other)}
+    gen_cam_stage(ctx, model, split=split, kind="coarse", out_dir=dirs["coarse"], also={other: dirs[other]})
+    for kind, cams in dirs.items():
+        results[f"cam_{kind}"] = evaluate_stage(ctx, cams, split, f"cam_{kind}", sweep=True)
     return {k: _headline(v) for k, v in results.items()}
 
 

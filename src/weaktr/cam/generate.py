@@ -9,7 +9,7 @@ patch attention and one label vector per image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +194,18 @@ def batch_cams(
     size) shares one forward; each keeps its own patch attention and label vector, since the model
     works per sample. Returns ``(cams, classes)`` per image, as :func:`multiscale_cam`.
     """
+    return [per_kind[kind] for per_kind in batch_cam_kinds(model, images, device, amp, (kind,), flip)]
+
+
+def batch_cam_kinds(
+    model: torch.nn.Module,
+    images: Sequence[PreparedImage],
+    device: torch.device,
+    amp: bool = False,
+    kinds: Sequence[str] = ("default",),
+    flip: bool = True,
+) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """:func:`batch_cams` for several CAM kinds from the same forwards: per image, kind → result."""
     config = _unwrap(model).config
     labels = [label_vector(p.label_ids, config.num_classes) for p in images]
     views = (False, True) if flip else (False,)
@@ -202,28 +214,34 @@ def batch_cams(
         if labels[n].any():  # an image without labels has nothing to localise: no forward
             for i, x in enumerate(p.inputs):
                 groups.setdefault((x.shape[-2], x.shape[-1]), []).append((n, i))
-    maps: dict[tuple[int, int, bool], torch.Tensor] = {}
+    maps: dict[tuple[str, int, int, bool], torch.Tensor] = {}
     with torch.inference_mode():
         for members in groups.values():
             batch = [
                 images[n].inputs[i].flip(-1) if v else images[n].inputs[i] for n, i in members for v in views
             ]
-            cam = select_cam(_forward(model, torch.stack(batch).to(device), amp), kind, config.refine)
+            out = _forward(model, torch.stack(batch).to(device), amp)
             keys = [(n, i, v) for n, i in members for v in views]
-            maps.update(zip(keys, cam.float(), strict=True))
+            for kind in kinds:
+                cam = select_cam(out, kind, config.refine).float()
+                maps.update(((kind, *k), c) for k, c in zip(keys, cam, strict=True))
         # Fusion stays in float32 even under AMP: the min–max step amplifies rounding (golden README).
-        results = []
+        results: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
         for n, p in enumerate(images):
             out_size = (p.inputs[0].shape[-2], p.inputs[0].shape[-1])
             classes = torch.nonzero(labels[n] > 0).flatten() + 1
             if len(classes) == 0:
-                results.append((torch.zeros((0, *out_size), dtype=torch.float32), classes))
+                empty = torch.zeros((0, *out_size), dtype=torch.float32)
+                results.append({kind: (empty, classes) for kind in kinds})
                 continue
             order = [(n, i, v) for i in range(len(p.inputs)) for v in views]  # the authors' sum order
-            cams, _ = fuse_cams(
-                [maps[k] for k in order], [k[2] for k in order], labels[n].to(device), out_size
-            )
-            results.append((cams.cpu(), classes))
+            per_kind = {}
+            for kind in kinds:
+                cams, _ = fuse_cams(
+                    [maps[(kind, *k)] for k in order], [k[2] for k in order], labels[n].to(device), out_size
+                )
+                per_kind[kind] = (cams.cpu(), classes)
+            results.append(per_kind)
     return results
 
 
@@ -347,19 +365,25 @@ def generate_cams(
     flip: bool = True,
     max_pixels: int = 0,
     num_workers: int = 0,
+    also: Mapping[str, str | Path] | None = None,
 ) -> int:
     """Write ``out_dir/<id>.npz`` for this rank's share of ``items``; returns how many were written.
 
     Existing outputs are skipped, so a killed job resumes where it stopped. Consecutive images are
     batched while their scaled inputs hold at most ``max_pixels`` pixels, and inputs of equal size
     then share a forward (0 = one image per batch; stages pass :data:`DEFAULT_MAX_PIXELS`).
-    ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes.
+    ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes. ``also`` maps
+    further CAM kinds to their folders, written from the same forwards.
     """
-    if kind not in CAM_KINDS:
-        raise InputError(f"unknown CAM kind {kind!r}; choose one of {', '.join(CAM_KINDS)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [it for it in list(items)[rank::world] if not (out_dir / f"{it[0]}.npz").exists()]
+    dirs = {kind: Path(out_dir), **{k: Path(d) for k, d in (also or {}).items()}}
+    unknown = [k for k in dirs if k not in CAM_KINDS]
+    if unknown:
+        raise InputError(f"unknown CAM kind {unknown[0]!r}; choose one of {', '.join(CAM_KINDS)}")
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    todo = [
+        it for it in list(items)[rank::world] if not all((d / f"{it[0]}.npz").exists() for d in dirs.values())
+    ]
     jobs = [(str(i), src, list(lab), list(scales), list(mean), list(std)) for i, src, lab in todo]
     prepared: Iterable[PreparedImage]
     if num_workers > 0 and len(jobs) > 1:
@@ -372,10 +396,10 @@ def generate_cams(
     written = 0
     with tqdm(total=len(jobs), desc="gen-cam", unit="img", disable=not progress or rank != 0) as bar:
         for chunk in _chunks(prepared, max_pixels):
-            for p, (cams, classes) in zip(
-                chunk, batch_cams(model, chunk, device, amp, kind, flip), strict=True
-            ):
-                save_cams(out_dir / f"{p.image_id}.npz", cams.numpy(), classes.numpy())
+            results = batch_cam_kinds(model, chunk, device, amp, tuple(dirs), flip)
+            for p, per_kind in zip(chunk, results, strict=True):
+                for k, (cams, classes) in per_kind.items():
+                    save_cams(dirs[k] / f"{p.image_id}.npz", cams.numpy(), classes.numpy())
             written += len(chunk)
             bar.update(len(chunk))
     return written

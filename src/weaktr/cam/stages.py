@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,11 @@ def write_split_cams(
     scales: Sequence[float],
     kind: str = "default",
     progress: bool = True,
+    also: Mapping[str, Path] | None = None,
 ) -> Path:
-    """CAMs of ``split`` with an already loaded model, sharded over ranks; all ranks return together."""
+    """CAMs of ``split`` with an already loaded model, sharded over ranks; all ranks return together.
+
+    ``also`` maps further CAM kinds to folders, written from the same forwards."""
     mean, std = normalisation(model.config.backbone)
     generate_cams(
         model,
@@ -106,6 +109,7 @@ def write_split_cams(
         flip=ctx.cfg.cam_gen.flip,
         max_pixels=DEFAULT_MAX_PIXELS * (4 if ctx.device.type == "cuda" else 1),
         num_workers=ctx.cfg.cam_gen.num_workers,
+        also={resolve_kind(ctx, k): d for k, d in (also or {}).items()},
     )
     barrier()
     return out_dir
@@ -117,8 +121,10 @@ def gen_cam_stage(
     split: str | None = None,
     kind: str = "default",
     out_dir: str | Path | None = None,
+    also: Mapping[str, Path] | None = None,
 ) -> Path:
-    """Multi-scale CAMs of ``split`` (default data.train_split) into ``out_dir`` (default run_dir/cams)."""
+    """Multi-scale CAMs of ``split`` (default data.train_split) into ``out_dir`` (default run_dir/cams);
+    ``also`` maps further kinds to folders, written from the same forwards."""
     split = split or ctx.cfg.data.train_split
     out = Path(out_dir) if out_dir is not None else ctx.run_dir / "cams"
     model = load_cam_model(model_path, ctx.device)
@@ -129,7 +135,9 @@ def gen_cam_stage(
             model_path,
         )
     log.info("gen-cam: %s CAMs of split %r → %s", kind, split, out)
-    return write_split_cams(ctx, model, split, out, ctx.cfg.cam_gen.scales, kind)
+    for k, d in (also or {}).items():
+        log.info("gen-cam: and %s CAMs → %s", k, d)
+    return write_split_cams(ctx, model, split, out, ctx.cfg.cam_gen.scales, kind, also=also)
 
 
 def cam_ids(cam_dir: Path) -> list[str]:
