@@ -100,6 +100,16 @@ def test_resume_after_kill_continues_bit_identically(tiny_data: Path, tmp_path: 
     assert (resumed / "cam" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_resume_with_other_settings_is_refused_before_loading(tiny_data: Path, tmp_path: Path) -> None:
+    train_cam(open_run(tiny_config(tiny_data, tmp_path, "cam_train.epochs=1")))
+    wider = TINY_MODEL.replace("embed_dim: 32", "embed_dim: 64")
+    with pytest.raises(InputError, match=r"other settings \(changed: model\)") as err:
+        train_cam(open_run(tiny_config(tiny_data, tmp_path, wider)))
+    assert err.value.path == tmp_path / "cam" / "state.safetensors"
+    with pytest.raises(InputError, match=r"changed: batch_size, lr\)"):
+        train_cam(open_run(tiny_config(tiny_data, tmp_path, "cam_train.batch_size=8", "cam_train.lr=0.1")))
+
+
 def test_gt_miou_selection_keeps_the_best_epoch(tiny_data: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_data, tmp_path, "cam_train.select_checkpoint=gt_miou", "cam_train.epochs=3")
     train_cam(open_run(cfg))

@@ -113,6 +113,19 @@ def _restore_types(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     return {k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()}
 
 
+def read_state_extra(path: str | Path) -> dict[str, Any]:
+    """The ``extra`` dict of a saved training state, read from its header without loading tensors,
+    so a run can check that it matches before any weights are touched."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(json.loads((f.metadata() or {})[STATE_KEY]).get("extra", {}))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise InputError("not a weaktr training state (no metadata)", path) from exc
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise InputError(f"not a readable safetensors file ({exc})", path) from exc
+
+
 def load_training_state(
     path: str | Path,
     model: nn.Module,

@@ -13,6 +13,7 @@ over the ``seeds.sweep`` thresholds. The choice is written to ``cam/selection.js
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -36,7 +37,7 @@ from weaktr.engine.distributed import (
 )
 from weaktr.engine.logging import JsonlLogger, format_seconds, progress
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
-from weaktr.engine.state import load_training_state, save_training_state
+from weaktr.engine.state import load_training_state, read_state_extra, save_training_state
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.io import write_json
@@ -213,7 +214,27 @@ def train_cam(ctx: RunContext) -> Path:
     selection: dict[str, Any] = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
     start = 0
     state_path = out_dir / "state.safetensors"
+    # What a resumed run must share with the saved one (epochs may grow: a killed run is rerun).
+    setup = json.loads(
+        json.dumps(
+            {
+                "model": model_cfg.to_dict(),
+                "batch_size": tc.batch_size,
+                "lr": tc.lr,
+                "weight_decay": tc.weight_decay,
+                "world": ctx.dist.world,
+            }
+        )
+    )
     if state_path.is_file():
+        saved_setup = read_state_extra(state_path).get("setup", setup)
+        if saved_setup != setup:
+            changed = sorted(k for k in setup if saved_setup.get(k) != setup[k])
+            raise InputError(
+                f"training state was made with other settings (changed: {', '.join(changed)}); "
+                "use another run_dir or delete the state to start over",
+                state_path,
+            )
         saved = load_training_state(state_path, model, optimizer, restore_rng=False)
         start, selection = saved["epoch"], saved["extra"]["selection"]
         log.info("train-cam: resuming after epoch %d of %d from %s", start, tc.epochs, state_path)
@@ -244,7 +265,7 @@ def train_cam(ctx: RunContext) -> Path:
                     optimizer,
                     epoch + 1,
                     (epoch + 1) * len(loader),
-                    extra={"selection": selection},
+                    extra={"selection": selection, "setup": setup},
                 )
                 write_json(out_dir / "selection.json", selection)
             seconds = time.perf_counter() - tic
