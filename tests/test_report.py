@@ -150,6 +150,7 @@ def test_report_links_every_figure_and_shows_every_section(tiny_run: Path) -> No
         assert f"<td>{key}</td>" in text
     assert "Not in this run directory" not in text
     assert "seed threshold" in text and "5m22s" in text
+    assert "declared in the config: seeds.threshold (0.35)" in text  # the demo config's GT-based choices
     assert "num_classes: 3" in text  # the config
 
 

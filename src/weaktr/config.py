@@ -191,6 +191,8 @@ class ReportConfig:
     enabled: bool = True
     n_examples: int = 8  # images shown with their CAM, seed, prediction and GT
     split: str = "val"
+    # choices the config's author made beforehand by looking at pixel labels; the report lists them
+    gt_choices: list[str] = field(default_factory=list)
 
 
 def _default_cam_model() -> dict[str, Any]:

@@ -272,12 +272,14 @@ def _gt_choices(cfg: RunConfig) -> str:
     if cfg.seeds.threshold_from == "gt_sweep":
         items.append(f"the seed threshold was swept against the GT of split '{split}'")
     else:
-        items.append(f"none for the seed threshold (fixed at {cfg.seeds.threshold:.2f} in the config)")
+        t = cfg.seeds.threshold
+        items.append(f"the seed threshold is fixed at {t:.2f} in the config (not swept in this run)")
     if cfg.cam_train.select_checkpoint == "gt_miou":
         items.append(f"the CAM checkpoint is the epoch with the best CAM mIoU on '{split}'")
     if cfg.seg_train.select_checkpoint == "gt_val":
         items.append("the segmenter checkpoint is the epoch with the best val mIoU")
     items.append("the CAM rows report the best threshold of a GT sweep (for comparison only)")
+    items.extend(f"declared in the config: {html.escape(c)}" for c in cfg.report.gt_choices)
     return "; ".join(items) + "."
 
 
