@@ -174,3 +174,25 @@ def test_cpu_bf16_runs_only_the_encoder_blocks_in_bf16_and_restores_them(
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the bf16 weights are copies
     torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
     assert not any("forward" in vars(m) for m in model.modules())  # Block.forward is restored
+
+
+def test_cpu_bf16_copy_is_made_once_per_loop_and_runs_in_eval_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller entering inference_precision around its loop pays for one bf16 copy, and the copy does
+    not inherit the training mode (drop path) of a model evaluated mid-training."""
+    torch.manual_seed(0)
+    model = build_segmenter(SegConfig(**{**TINY, "n_cls": 5, "depth": 2, "drop_path": 0.9}))
+    x = torch.randn(3, 40, 56)
+    model.eval()
+    ref = inf.predict_logits(model, x, window=32, stride=16, base_size=None, amp=True)
+    copies: list[object] = []
+    deepcopy = inf.copy.deepcopy
+    monkeypatch.setattr(inf.copy, "deepcopy", lambda obj: copies.append(obj) or deepcopy(obj))
+    model.train()
+    with inf.inference_precision(model, torch.device("cpu"), amp=True):
+        outs = [
+            inf.predict_logits(model, x, window=32, stride=16, base_size=None, amp=True) for _ in range(3)
+        ]
+    assert len(copies) == len(model.encoder.blocks)  # one copy per block for the whole loop
+    assert model.training
+    for out in outs:
+        torch.testing.assert_close(out, ref)

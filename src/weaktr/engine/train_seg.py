@@ -47,7 +47,7 @@ from weaktr.engine.logging import JsonlLogger, format_seconds, progress
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.state import load_training_state, save_training_state
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import predict_logits
+from weaktr.evaluation.inference import inference_precision, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
 from weaktr.io import write_json
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
@@ -220,19 +220,20 @@ def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[st
     amp = st.amp and (ctx.device.type == "cuda" or ctx.cfg.amp_cpu)
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
-    for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
-        image = load_image(info.image_path(image_id))
-        logits = predict_logits(
-            model,
-            image,
-            window=p.window,
-            stride=p.stride,
-            device=ctx.device,
-            amp=amp,
-            base_size=p.base_size,
-            window_batch=p.window_batch,
-        )
-        cm.update(logits.argmax(0), load_label_map(info.mask_path(image_id), image.shape[:2]))
+    with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+        for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
+            image = load_image(info.image_path(image_id))
+            logits = predict_logits(
+                model,
+                image,
+                window=p.window,
+                stride=p.stride,
+                device=ctx.device,
+                amp=amp,
+                base_size=p.base_size,
+                window_batch=p.window_batch,
+            )
+            cm.update(logits.argmax(0), load_label_map(info.mask_path(image_id), image.shape[:2]))
     cm.all_reduce()
     return cm.scores()
 

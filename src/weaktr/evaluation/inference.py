@@ -95,7 +95,8 @@ def _bf16_encoder_blocks(model: nn.Module) -> Iterator[None]:
         yield
         return
     for block in blocks:
-        block.forward = partial(_run_bf16, copy.deepcopy(block).to(torch.bfloat16))
+        # eval mode: the copy is inference-only, even when entered around a model still in training
+        block.forward = partial(_run_bf16, copy.deepcopy(block).to(torch.bfloat16).eval())
     try:
         yield
     finally:
@@ -113,8 +114,12 @@ def _run_bf16(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
     return out.float()
 
 
-def _precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA; the encoder-blocks-only bf16 of :func:`_bf16_encoder_blocks` on the CPU."""
+def inference_precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
+    """bf16 autocast on CUDA; the encoder-blocks-only bf16 of :func:`_bf16_encoder_blocks` on the CPU.
+
+    The inference functions enter it themselves; a caller looping over many images enters it once
+    around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
+    """
     if not amp:
         return nullcontext()
     if device.type == "cpu":
@@ -176,7 +181,7 @@ def sliding_window_logits(
     cols = _axis_maps(W, out_w, window, stride, grid, patch, x.device)
     jobs = [(n, a, b) for a in rows for b in cols for n in range(N)]
     sums: list[torch.Tensor] = []
-    with _precision(model, x.device, amp):
+    with inference_precision(model, x.device, amp):
         for i in range(0, len(jobs), window_batch):
             chunk = jobs[i : i + window_batch]
             crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
@@ -230,7 +235,7 @@ def multiscale_probs(
     H, W = x.shape[-2:]
     sums: list[torch.Tensor] = []
     n_variants = 0
-    with _eval_mode(model), _precision(model, device, amp):
+    with _eval_mode(model), inference_precision(model, device, amp):
         for ratio in scales:
             batch = _variant_inputs(x, ratio, base_size, window, flip)
             outs = sliding_window_logits(model, batch, window, stride, layer1, window_batch, amp, (H, W))
@@ -289,7 +294,7 @@ def predict_logits(
     device = device or next(model.parameters()).device
     x = to_input(image, mean or model.mean, std or model.std, device)
     H, W = x.shape[-2:]
-    with _eval_mode(model), _precision(model, device, amp):
+    with _eval_mode(model), inference_precision(model, device, amp):
         batch = _variant_inputs(x, 1.0, base_size, window, flip=False)
         (logits,) = sliding_window_logits(model, batch, window, stride, False, window_batch, amp, (H, W))
     return logits[0]

@@ -30,7 +30,7 @@ from weaktr.data.images import load_image
 from weaktr.engine.distributed import barrier, shard
 from weaktr.engine.logging import progress
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import predict_probs
+from weaktr.evaluation.inference import inference_precision, predict_probs
 from weaktr.io import atomic_write, save_label_png
 from weaktr.models.segmenter import load_segmenter
 
@@ -116,33 +116,34 @@ def predict_split(
     out_dir.mkdir(parents=True, exist_ok=True)
     queue = _CRFQueue(workers if crf else 0)
     try:
-        for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
-            image = load_image(info.image_path(image_id))
-            score = predict_probs(
-                model,
-                image,
-                p.scales,
-                p.flip,
-                p.window,
-                p.stride,
-                weight,
-                device=ctx.device,
-                amp=amp,
-                base_size=p.base_size,
-                window_batch=p.window_batch,
-            )
-            pred = score.argmax(0)
-            keys = torch.unique(pred)
-            present = score[keys].cpu().numpy()
-            keys_np = keys.cpu().numpy()
-            if save_probs:
-                write_probs(probs_dir / f"{image_id}.npz", present / (1.0 + (weight or 0.0)), keys_np)
-            labels = pred.cpu().numpy().astype(np.uint8)
-            if params is None:
-                save_label_png(out_dir / f"{image_id}.png", labels, palette)
-                continue
-            save_label_png(nocrf_dir / f"{image_id}.png", labels, palette)
-            queue.submit((image, present, keys_np, params, out_dir / f"{image_id}.png", palette))
+        with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+            for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
+                image = load_image(info.image_path(image_id))
+                score = predict_probs(
+                    model,
+                    image,
+                    p.scales,
+                    p.flip,
+                    p.window,
+                    p.stride,
+                    weight,
+                    device=ctx.device,
+                    amp=amp,
+                    base_size=p.base_size,
+                    window_batch=p.window_batch,
+                )
+                pred = score.argmax(0)
+                keys = torch.unique(pred)
+                present = score[keys].cpu().numpy()
+                keys_np = keys.cpu().numpy()
+                if save_probs:
+                    write_probs(probs_dir / f"{image_id}.npz", present / (1.0 + (weight or 0.0)), keys_np)
+                labels = pred.cpu().numpy().astype(np.uint8)
+                if params is None:
+                    save_label_png(out_dir / f"{image_id}.png", labels, palette)
+                    continue
+                save_label_png(nocrf_dir / f"{image_id}.png", labels, palette)
+                queue.submit((image, present, keys_np, params, out_dir / f"{image_id}.png", palette))
     finally:
         queue.close()
     barrier()
