@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 from test_train_cam import TINY_MODEL
 
+from weaktr.cam import stages
 from weaktr.cam.generate import load_cams
 from weaktr.cam.stages import evaluate_stage, gen_cam_stage, seeds_stage, sweep_range
 from weaktr.cli import main
 from weaktr.commands.common import RunContext, open_run
 from weaktr.config import load_config
+from weaktr.crf import CRFParams
 from weaktr.data.demo import generate_demo
 from weaktr.errors import InputError
 
@@ -118,6 +120,16 @@ def test_seeds_gt_sweep_records_threshold_and_evaluate_errors(trained) -> None:
     assert 0.0 <= scores["miou"] <= 1.0 and (run / "metrics" / "seeds_swept.json").is_file()
     with pytest.raises(InputError, match="evaluate them with --cams"):
         evaluate_stage(ctx, run / "cams", "train", "wrong")
+
+
+def test_seed_crf_params_override_the_preset(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, args = trained
+    assert main(["gen-cam", *args]) == 0
+    seen: list[CRFParams | None] = []
+    monkeypatch.setattr(stages, "make_seeds", lambda *a, **kw: seen.append(a[4]))
+    ctx = _ctx(args, "seeds.crf_params={gauss_sxy: 1, bilateral_compat: 20}")
+    seeds_stage(ctx, run / "cams", crf=True, out_dir=run / "seeds_kernels")
+    assert seen == [CRFParams(1, 3, 83, 5, 20)]  # voc_label with two fields replaced
 
 
 def test_bad_input_exits_2_naming_the_file(trained, capsys: pytest.CaptureFixture[str]) -> None:

@@ -196,3 +196,24 @@ def test_cpu_bf16_copy_is_made_once_per_loop_and_runs_in_eval_mode(monkeypatch: 
     assert model.training
     for out in outs:
         torch.testing.assert_close(out, ref)
+
+
+def test_predict_crf_params_override_the_preset(
+    demo: DatasetInfo,  # noqa: F811
+    model_path: Path,
+    tmp_path: Path,
+    colour_scores: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[CRFParams] = []
+    real = pr.softmax_crf
+
+    def spy(img: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
+        seen.append(params)
+        return real(img, probs, params)
+
+    monkeypatch.setattr(pr, "softmax_crf", spy)
+    ctx = tiny_ctx(demo, tmp_path / "run", "predict.crf_params={bilateral_sxy: 7, iterations: 2}")
+    pr.predict_split(ctx, model_path, "val", tmp_path / "pred" / "val", crf=True)
+    # voc_softmax with two fields replaced
+    assert seen and set(seen) == {CRFParams(3, 3, 7, 5, 3, iterations=2)}
