@@ -15,18 +15,17 @@ Usage: ``python benchmarks/bench_cam.py [--reps 5] [--threads N] [--out benchmar
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
-import platform
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from common import machine, measure
 from PIL import Image
 
 from weaktr.cam.generate import generate_cams, load_cams
@@ -42,45 +41,6 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_HW = (375, 500)
 CAM_LABELS = [1, 15]  # two classes + background = the 3 CRF labels
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, torch threads and the accelerator, as the table header prints them."""
-    model = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if "model name" in ln]
-        model = names[0] if names else model
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-
-
-def _cpu_seconds() -> float:
-    """CPU time of this process (all threads) plus its finished child processes."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def timed(fn: Callable[[int], Any], reps: int, sync: bool = False) -> dict[str, Any]:
-    """Median wall and CPU seconds of ``fn(i)`` over ``reps`` runs after one warm-up (i = -1)."""
-    fn(-1)
-    walls, cpus = [], []
-    for i in range(reps):
-        if sync:
-            torch.cuda.synchronize()
-        w, c = time.perf_counter(), _cpu_seconds()
-        fn(i)
-        if sync:
-            torch.cuda.synchronize()
-        walls.append(time.perf_counter() - w)
-        cpus.append(_cpu_seconds() - c)
-    return {"wall": statistics.median(walls), "cpu": statistics.median(cpus), "walls": walls}
 
 
 def photos(n: int) -> list[np.ndarray]:
@@ -104,7 +64,9 @@ def bench_train_step(device: torch.device, amp: bool, reps: int) -> dict[str, An
     optimizer = build_adamw(model.parameters(), 7.5e-5, 0.03)
     images = torch.randn(8, 3, 224, 224, device=device)
     targets = (torch.rand(8, 20, device=device) < 0.15).float()
-    return timed(lambda _: train_step(model, images, targets, optimizer, amp), reps, device.type == "cuda")
+    return measure(
+        lambda: train_step(model, images, targets, optimizer, amp), reps, sync=device.type == "cuda"
+    )
 
 
 def bench_cam_gen(
@@ -113,18 +75,20 @@ def bench_cam_gen(
     """Seconds per image through :func:`generate_cams` (a fresh id per run, so nothing is skipped)."""
     model = deit_s(train=False).to(device)
 
-    def run(i: int) -> None:
-        item = [(f"img{i + 1}", image, CAM_LABELS)]
+    ids = itertools.count()
+
+    def run() -> None:
+        item = [(f"img{next(ids)}", image, CAM_LABELS)]
         generate_cams(model, item, out, [1.0, 1.2], MEAN, STD, device, amp=amp, progress=False)
 
-    result = timed(run, reps, device.type == "cuda")
-    return result, load_cams(out / "img1.npz")[0]
+    result = measure(run, reps, sync=device.type == "cuda")
+    return result, load_cams(out / "img0.npz")[0]
 
 
 def bench_label_crf(image: np.ndarray, cams: np.ndarray, reps: int) -> dict[str, Any]:
     compact = compact_seed(cams, 0.43)
     params = CRFParams.voc_label()
-    return timed(lambda _: label_crf(image, compact, 3, params), reps)
+    return measure(lambda: label_crf(image, compact, 3, params), reps)
 
 
 def bench_seeds(images: list[np.ndarray], cams: np.ndarray, workers: int, tmp: Path) -> dict[str, Any]:
@@ -135,9 +99,14 @@ def bench_seeds(images: list[np.ndarray], cams: np.ndarray, workers: int, tmp: P
         np.savez_compressed(cam_dir / f"{i}.npz", cams=cams.astype(np.float16), classes=np.array(CAM_LABELS))
     out = tmp / f"seeds_w{workers}"
     sources = dict(zip(ids, images, strict=True))
-    w, c = time.perf_counter(), _cpu_seconds()
-    make_seeds(cam_dir, ids, out, 0.43, CRFParams.voc_label(), sources, workers=workers, progress=False)
-    return {"wall": time.perf_counter() - w, "cpu": _cpu_seconds() - c, "images": len(ids)}
+    result = measure(
+        lambda: make_seeds(
+            cam_dir, ids, out, 0.43, CRFParams.voc_label(), sources, workers=workers, progress=False
+        ),
+        1,
+        warmup=0,
+    )
+    return {**result, "images": len(ids)}
 
 
 def seed_agreement(images: list[np.ndarray], device: torch.device) -> float:
@@ -177,12 +146,14 @@ def table(res: dict[str, Any]) -> str:
         ("label CRF (s / image, 1 core)", res["label_crf"], "-", "label_crf", None),
     ]
     for label, r, prec, key, target in rows:
-        goal = "" if target is None else f"≤ {target} s " + ("ok" if r["wall"] <= target else "missed")
-        lines.append(f"{label:<36} {prec:<9} {r['wall']:8.3f} {r['cpu']:8.3f} {AUTHORS[key]:8.2f}  {goal}")
+        goal = "" if target is None else f"≤ {target} s " + ("ok" if r["wall_s"] <= target else "missed")
+        lines.append(
+            f"{label:<36} {prec:<9} {r['wall_s']:8.3f} {r['cpu_s']:8.3f} {AUTHORS[key]:8.2f}  {goal}"
+        )
     for w in (1, 2):
         r = res["seeds_crf_8"][f"workers_{w}"]
         lines.append(
-            f"{f'seeds + CRF, 8 images, {w} worker(s)':<36} {'':<9} {r['wall']:8.3f} {r['cpu']:8.3f}"
+            f"{f'seeds + CRF, 8 images, {w} worker(s)':<36} {'':<9} {r['wall_s']:8.3f} {r['cpu_s']:8.3f}"
         )
     agree = res["bf16_seed_agreement"]
     lines.append(f"\nbf16 vs float32 seeds (t=0.43): {100 * agree:.2f} % of pixels agree (target ≥ 99.5 %)")

@@ -24,18 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
+from common import machine, measure
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
@@ -53,50 +50,6 @@ from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 AUTHORS = {"train_step": 7.3, "infer_1scale": 1.8, "infer_6scale_flip_ens": 32.0, "crf_1": 0.84}
 AGREEMENT_MIN = 0.995
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_seg.json"
-
-
-def machine() -> dict[str, Any]:
-    """What ran the benchmark: CPU model, cores usable by this process, torch threads, versions."""
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        model = names[0] if names else model
-    return {
-        "cpu": model,
-        "cpu_count": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any]:
-    """Median wall and CPU seconds of ``fn`` over ``repeats`` runs after ``warmup`` unmeasured ones.
-
-    CPU time is this process's (all threads) plus its finished children's (CRF pool workers).
-    """
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), os.times()
-        fn()
-        t1, c1 = time.perf_counter(), os.times()
-        walls.append(t1 - t0)
-        cpus.append(sum(c1[:4]) - sum(c0[:4]))
-    return {
-        "wall_s": statistics.median(walls),
-        "cpu_s": statistics.median(cpus),
-        "walls": [round(w, 3) for w in walls],
-    }
 
 
 def blob_image(h: int = 375, w: int = 500, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,68 @@
+"""What both benchmark scripts need: a description of the machine and a wall + CPU timer."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: CPU model, cores usable by this process, torch threads, versions, GPU."""
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its finished child processes (pool workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: bool = False) -> dict[str, Any]:
+    """Median wall and CPU seconds of ``fn`` over ``repeats`` runs after ``warmup`` unmeasured ones.
+
+    ``sync`` waits for the GPU around each run, so its queued work is counted.
+    """
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        w, c = time.perf_counter(), cpu_seconds()
+        fn()
+        if sync:
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - w)
+        cpus.append(cpu_seconds() - c)
+    return {
+        "wall_s": statistics.median(walls),
+        "cpu_s": statistics.median(cpus),
+        "walls": [round(w, 3) for w in walls],
+    }
