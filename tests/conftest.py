@@ -1,4 +1,5 @@
-"""Shared fixtures: the golden vectors of the authors' implementation, read from WEAKTR_GOLDEN_DIR."""
+"""Shared fixtures: the golden vectors of the authors' implementation (read from WEAKTR_GOLDEN_DIR), a tiny
+CAM network configuration and small splits of a prepared data set."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from weaktr.data.dataset import DatasetInfo, write_id_list
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -75,3 +78,26 @@ def coco_mini() -> Path:
     if not COCO_MINI.is_dir():
         pytest.skip(f"coco-mini not found at {COCO_MINI}")
     return COCO_MINI
+
+
+# A CAM network small enough for a unit test: 2×2 patches of 16 px, two blocks of width 64.
+TINY_CAM = dict(
+    num_classes=3,
+    img_size=32,
+    patch_size=16,
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    drop_path=0.0,
+    aaf_reduction=2.0,
+    aaf_feat_reduction=4,
+)
+
+
+def add_splits(info: DatasetInfo, out: Path, **splits: list[str]) -> Path:
+    """Write id lists for extra splits into ``out`` and save the data set there; returns its yaml."""
+    for name, ids in splits.items():
+        write_id_list(out / f"{name}.txt", ids)
+        info.splits[name] = str(out / f"{name}.txt")
+    info.save(out / "dataset.yaml")
+    return out / "dataset.yaml"

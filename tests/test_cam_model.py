@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CAM
 from safetensors.torch import save_file
 
 from weaktr.errors import InputError
@@ -25,22 +26,10 @@ from weaktr.models.cam import (
     save_cam_model,
 )
 
-TINY = dict(
-    num_classes=3,
-    img_size=32,
-    patch_size=16,
-    embed_dim=64,
-    depth=2,
-    num_heads=4,
-    drop_path=0.0,
-    aaf_reduction=2.0,
-    aaf_feat_reduction=4,
-)
-
 
 def tiny(**kw: object) -> CAMNet:
     torch.manual_seed(0)
-    return build_cam_model(CAMConfig(**{**TINY, **kw})).eval()
+    return build_cam_model(CAMConfig(**{**TINY_CAM, **kw})).eval()
 
 
 def test_shapes_patch16_non_square_and_non_divisible() -> None:
@@ -248,7 +237,7 @@ def test_cam_loss_terms() -> None:
 
 
 def test_config_round_trip_and_errors() -> None:
-    cfg = CAMConfig(**TINY, aaf_pool="avg", detach=False)
+    cfg = CAMConfig(**TINY_CAM, aaf_pool="avg", detach=False)
     assert CAMConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(InputError, match="bogus"):
         CAMConfig.from_dict({**cfg.to_dict(), "bogus": 1})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CAM
 from test_train_seg import demo, tiny_overrides  # noqa: F401  (the module-scoped demo fixture)
 
 from weaktr.cli import main
@@ -104,18 +105,7 @@ def test_convert_segmenter_round_trip(tmp_path: Path) -> None:
 
 def test_convert_cam_round_trip_with_pool_and_backbone(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    cfg = CAMConfig(
-        num_classes=3,
-        img_size=32,
-        patch_size=16,
-        embed_dim=64,
-        depth=2,
-        num_heads=4,
-        drop_path=0.0,
-        aaf_pool="avg",
-        aaf_reduction=2.0,
-        aaf_feat_reduction=4,
-    )
+    cfg = CAMConfig(**{**TINY_CAM, "aaf_pool": "avg"})
     model = build_cam_model(cfg).eval()
     inverse = {
         k.replace("backbone.vit.", "").replace("aaf.", "adaptive_attention_fusion."): v.clone()

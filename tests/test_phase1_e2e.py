@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import add_splits
 from PIL import Image
 
 from weaktr.cam.generate import load_cams
 from weaktr.cam.stages import evaluate_stage, gen_cam_stage, seeds_stage
 from weaktr.commands.common import open_run
 from weaktr.config import load_config
-from weaktr.data.dataset import DatasetInfo, write_id_list
 from weaktr.data.voc import prepare_voc
 from weaktr.engine.train_cam import train_cam
 
@@ -26,18 +26,10 @@ TINY_VOC_MODEL = (
 )
 
 
-def _small_splits(info: DatasetInfo, out: Path) -> Path:
-    """Add 24-image train and 8-image scoring splits, so the test stays within seconds."""
-    train = info.ids("train")
-    write_id_list(out / "mini_train.txt", train[:24])
-    write_id_list(out / "mini_eval.txt", train[:8])
-    info.splits.update(mini_train=str(out / "mini_train.txt"), mini_eval=str(out / "mini_eval.txt"))
-    info.save(out / "dataset.yaml")
-    return out / "dataset.yaml"
-
-
 def test_phase1_on_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
-    dataset = _small_splits(prepare_voc(coco_mini, out=tmp_path / "data"), tmp_path / "data")
+    info = prepare_voc(coco_mini, out=tmp_path / "data")  # 24 training and 8 scoring images: seconds
+    splits = {"mini_train": info.ids("train")[:24], "mini_eval": info.ids("train")[:8]}
+    dataset = add_splits(info, tmp_path / "data", **splits)
     cfg = load_config(
         "voc",
         [

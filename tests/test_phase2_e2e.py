@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CAM, add_splits
 
 from weaktr.cam.generate import generate_cams
 from weaktr.cam.seeds import make_seeds
 from weaktr.commands.common import open_run
 from weaktr.config import load_config
-from weaktr.data.dataset import DatasetInfo, voc_palette, write_id_list
+from weaktr.data.dataset import DatasetInfo, voc_palette
 from weaktr.data.voc import prepare_voc
 from weaktr.engine.train_seg import train_seg
 from weaktr.evaluation.metrics import evaluate_dirs
@@ -30,27 +31,11 @@ TINY_SEG_21 = (
 )
 
 
-def _small_splits(info: DatasetInfo, out: Path) -> Path:
-    """12 training and 4 validation images, so the test stays within seconds."""
-    write_id_list(out / "e2e_train.txt", info.ids("train")[:12])
-    write_id_list(out / "e2e_val.txt", info.ids("val")[:4])
-    info.splits.update(e2e_train=str(out / "e2e_train.txt"), e2e_val=str(out / "e2e_val.txt"))
-    info.save(out / "dataset.yaml")
-    return out / "dataset.yaml"
-
-
 def _phase1_seeds(info: DatasetInfo, split: str, out: Path) -> Path:
     """Seeds of a tiny random-weight CAM network (the phase-1 functions, without its training)."""
     torch.manual_seed(0)
     cfg = CAMConfig(
-        num_classes=20,
-        img_size=64,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        drop_path=0.0,
-        aaf_reduction=2.0,
-        aaf_feat_reduction=4,
+        **{**TINY_CAM, "num_classes": 20, "img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2}
     )
     model = build_cam_model(cfg).eval()
     labels = info.labels()
@@ -63,7 +48,9 @@ def _phase1_seeds(info: DatasetInfo, split: str, out: Path) -> Path:
 
 
 def test_phase2_on_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
-    dataset = _small_splits(prepare_voc(coco_mini, out=tmp_path / "data"), tmp_path / "data")
+    info = prepare_voc(coco_mini, out=tmp_path / "data")  # 12 training and 4 validation images: seconds
+    splits = {"e2e_train": info.ids("train")[:12], "e2e_val": info.ids("val")[:4]}
+    dataset = add_splits(info, tmp_path / "data", **splits)
     cfg = load_config(
         "voc",
         [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CAM
 
 from weaktr.cam.generate import fuse_cams, label_vector, multiscale_cam, preprocess_scales
 from weaktr.commands.common import open_run
@@ -135,19 +136,8 @@ def test_class_count_and_batch_size_errors(tiny_data: Path, tmp_path: Path) -> N
 
 def _tiny_model(refine: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = CAMConfig(
-        backbone="vit_small_patch16_224",
-        num_classes=3,
-        img_size=48,
-        patch_size=8,
-        embed_dim=32,
-        depth=1,
-        num_heads=2,
-        drop_path=0.0,
-        aaf_reduction=2.0,
-        aaf_feat_reduction=4,
-        refine=refine,
-    )
+    sizes = dict(img_size=48, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    cfg = CAMConfig(**{**TINY_CAM, **sizes, "backbone": "vit_small_patch16_224", "refine": refine})
     return build_cam_model(cfg).eval()
 
 
