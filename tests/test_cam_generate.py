@@ -207,3 +207,7 @@ def test_generate_several_kinds_from_one_forward(tmp_path: Path) -> None:
     assert not np.array_equal(fused, refined)
     with pytest.raises(InputError, match="unknown CAM kind"):
         generate_cams(FakeCAM(), items, tmp_path / "x", [1.0], MEAN, STD, CPU, also={"sharp": tmp_path})
+    with pytest.raises(ValueError, match="both the main output"):
+        generate_cams(
+            FakeCAM(), items, tmp_path / "x", [1.0], MEAN, STD, CPU, kind="fused", also={"fused": tmp_path}
+        )

@@ -375,6 +375,8 @@ def generate_cams(
     ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes. ``also`` maps
     further CAM kinds to their folders, written from the same forwards.
     """
+    if kind in (also or {}):
+        raise ValueError(f"CAM kind {kind!r} is both the main output and in 'also'")
     dirs = {kind: Path(out_dir), **{k: Path(d) for k, d in (also or {}).items()}}
     unknown = [k for k in dirs if k not in CAM_KINDS]
     if unknown:
