@@ -4,8 +4,8 @@ The authors' order matters for parity: window outputs are averaged on the *logit
 to the image size and flipped back, and only then soft-maxed; the probabilities of all scale/flip
 variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from decoder block 1 (golden O7).
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
-batched through the model in chunks. ``amp`` means bf16 autocast on CUDA and, on the CPU, bf16 in the
-encoder's transformer blocks only (:func:`_bf16_encoder_blocks`).
+batched through the model in chunks. On the CPU the ViT blocks run fused oneDNN kernels; ``amp`` means
+bf16 autocast on CUDA and, on the CPU, bf16 in the encoder's transformer blocks only (:func:`_cpu_blocks`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from weaktr.models.cpu_blocks import FusedBlock, is_plain_block
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
@@ -80,51 +82,57 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _bf16_encoder_blocks(model: nn.Module) -> Iterator[None]:
-    """CPU mixed precision: the encoder's transformer blocks run entirely in bf16, everything else fp32.
+def _cpu_blocks(model: nn.Module, bf16: bool) -> Iterator[None]:
+    """CPU inference kernels: fused oneDNN ViT blocks (:mod:`weaktr.models.cpu_blocks`), bf16 encoder.
 
-    Each block's forward is routed to a bf16 copy of it (weights cast once per context), taking and
-    returning fp32 so the patch embedding, the final norm and the decoder stay exact. Whole blocks
-    beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and LayerNorm); the
-    decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm, where bf16
-    rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the 6-scale
-    agreement with fp32 from 99.6 % to 99.5 %). Re-entering while active changes nothing.
+    With ``bf16`` each encoder block's forward is routed to a bf16 copy of it (weights cast once per
+    context), taking and returning fp32 so the patch embedding, the final norm and the decoder stay
+    fp32. Whole blocks beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
+    LayerNorm); the decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm,
+    where bf16 rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the
+    6-scale agreement with fp32 from 99.6 % to 99.5 %). Plain blocks, fp32 or bf16, run the fused
+    forward; others their own. Re-entering while active changes nothing.
     """
-    blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
-    if any("forward" in vars(b) for b in blocks):
+    enc = list(getattr(getattr(model, "encoder", model), "blocks", []))
+    dec = list(getattr(getattr(model, "decoder", None), "blocks", []))
+    if any("forward" in vars(b) for b in enc + dec):
         yield
         return
-    for block in blocks:
-        # eval mode: the copy is inference-only, even when entered around a model still in training
-        block.forward = partial(_run_bf16, copy.deepcopy(block).to(torch.bfloat16).eval())
+    for block in enc:
+        if bf16:
+            # eval mode: the copy is inference-only, even when entered around a model still in training
+            low = copy.deepcopy(block).to(torch.bfloat16).eval()
+            block.forward = partial(_run_bf16, FusedBlock(low) if is_plain_block(low) else low)
+        elif is_plain_block(block):
+            block.forward = FusedBlock(block)
+    for block in dec:
+        if is_plain_block(block):
+            block.forward = FusedBlock(block)
     try:
         yield
     finally:
-        for block in blocks:
-            del block.forward
+        for block in enc + dec:
+            vars(block).pop("forward", None)
 
 
-def _run_bf16(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _run_bf16(module: nn.Module | FusedBlock, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Call ``module`` (already bf16) with its floating tensor arguments cast to bf16; fp32 out."""
 
     def cast(v: Any) -> Any:
         return v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
-    out = module(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
-    return out.float()
+    return module(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()}).float()
 
 
 def inference_precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA; the encoder-blocks-only bf16 of :func:`_bf16_encoder_blocks` on the CPU.
+    """bf16 autocast on CUDA; on the CPU the fused blocks of :func:`_cpu_blocks`, bf16 encoder with amp.
 
     The inference functions enter it themselves; a caller looping over many images enters it once
     around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
     """
-    if not amp:
-        return nullcontext()
     if device.type == "cpu":
-        return _bf16_encoder_blocks(model)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+        return _cpu_blocks(model, bf16=amp)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
 
 def resize_matrix(out_size: int, in_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -179,20 +187,31 @@ def sliding_window_logits(
     grid = -(-window // patch)
     rows = _axis_maps(H, out_h, window, stride, grid, patch, x.device)
     cols = _axis_maps(W, out_w, window, stride, grid, patch, x.device)
-    jobs = [(n, a, b) for a in rows for b in cols for n in range(N)]
-    sums: list[torch.Tensor] = []
+    jobs = [(n, a, b) for n in range(N) for a in rows for b in cols]
+    tiles: list[list[torch.Tensor]] = []  # per output, each job's (C, grid, grid) masks in job order
     with inference_precision(model, x.device, amp):
         for i in range(0, len(jobs), window_batch):
             chunk = jobs[i : i + window_batch]
             crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
             outs = model.forward_masks(crops, return_layer1=layer1)
-            if not sums:
-                sums = [torch.zeros(N, o.shape[1], out_h, out_w, device=x.device) for o in outs]
-            left = torch.stack([rows[a] for _, a, _ in chunk]).unsqueeze(1)  # (B, 1, out_h, grid)
-            right = torch.stack([cols[b] for _, _, b in chunk]).unsqueeze(1).transpose(-1, -2)
-            index = torch.tensor([n for n, _, _ in chunk], device=x.device)
-            for acc, masks in zip(sums, outs, strict=True):
-                acc.index_add_(0, index, left @ (masks.float() @ right))
+            tiles = tiles or [[] for _ in outs]
+            for acc, masks in zip(tiles, outs, strict=True):
+                acc.extend(masks.float().unbind(0))
+    # Σ over windows of rows[a] · M_ab · cols[b]ᵀ = [rows[a]…] · [M_ab tiled] · [cols[b]…]ᵀ: two matmuls
+    # per image whose inner dimensions span all windows, instead of a small one per window
+    left = torch.cat(list(rows.values()), dim=1)  # (out_h, n_rows·grid)
+    right = torch.cat(list(cols.values()), dim=1).T  # (n_cols·grid, out_w)
+    per_image, n_cols = len(rows) * len(cols), len(cols)
+    sums = []
+    for acc in tiles:
+        images_out = []
+        for n in range(N):
+            own = acc[n * per_image : (n + 1) * per_image]
+            tiled = torch.cat(
+                [torch.cat(own[r * n_cols : (r + 1) * n_cols], dim=-1) for r in range(len(rows))], dim=-2
+            )
+            images_out.append(left @ (tiled @ right))
+        sums.append(torch.stack(images_out))
     return sums
 
 
