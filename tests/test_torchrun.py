@@ -1,0 +1,67 @@
+"""The trainers under a real ``torchrun`` with two CPU processes (gloo): one writer, synchronised weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from test_train_seg import demo, tiny_overrides  # noqa: F401  (the module-scoped demo fixture)
+
+from weaktr.data.dataset import DatasetInfo
+from weaktr.engine.state import read_state_extra
+from weaktr.models.segmenter import load_segmenter
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [*cmd, "-m", "weaktr", *args], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+def test_train_seg_under_torchrun_with_two_processes(
+    demo: DatasetInfo,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run"
+    masks = str(demo.path(demo.masks))
+    overrides = [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=2"]
+    proc = _torchrun("train-seg", "--seeds", masks, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = load_segmenter(run / "seg" / "model.safetensors")
+    assert model.n_cls == 4
+    setup = read_state_extra(run / "seg" / "state.safetensors")["setup"]
+    assert setup["world"] == 2 and setup["batch_size"] == 4
+    # 16 images, global batch 4 = 2 processes × 2: four iterations per epoch, logged once (rank 0)
+    records = [json.loads(x) for x in (run / "seg" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["event"] == "iter"] == [2, 4, 6, 8]
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1, 2]
+    assert [r["event"] for r in records].count("done") == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    # the per-epoch evaluation shards the val images over the ranks and all-reduces the confusion
+    assert all(0.0 <= r["val_miou"] <= 1.0 for r in records if r["event"] == "epoch")
+
+
+def test_resuming_a_torchrun_state_in_one_process_is_refused(
+    demo: DatasetInfo,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A state made by 2 processes does not resume in 1 (other batch per rank, other data order)."""
+    run = tmp_path / "run"
+    masks = str(demo.path(demo.masks))
+    overrides = [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=1"]
+    assert _torchrun("train-seg", "--seeds", masks, *overrides).returncode == 0
+    assert read_state_extra(run / "seg" / "state.safetensors")["setup"]["world"] == 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "weaktr", "train-seg", "--seeds", masks, *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 2 and "training state was made with" in proc.stderr
