@@ -5,7 +5,7 @@ and each residual add as separate passes over memory, and torch's fused attentio
 only ~150 GFLOP/s here in fp32 and in bf16 alike. oneDNN's linear with a fused epilogue (bias,
 bias + exact GELU, bias + residual add) removes those passes, and bf16 attention computed one
 window at a time (scores of 6 heads stay in cache, softmax in place) beats the fused kernel; a
-DeiT-S block on 8 windows of 480² runs in ~125 ms instead of ~167 ms in bf16. The arithmetic is the
+DeiT-S block on 8 windows of 480² runs in ~110 ms instead of ~150 ms in bf16. The arithmetic is the
 block's own (same operations, same order of the residual stream, exact GELU); only summation order
 and, in bf16, the rounding of the attention probabilities differ.
 
