@@ -16,12 +16,12 @@ from weaktr.engine.state import read_state_extra
 from weaktr.models.segmenter import load_segmenter
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+def _weaktr(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
+    """``weaktr ARGS`` under torchrun with ``processes`` CPU processes, or plainly with 1."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    cmd = [sys.executable, *(launcher if processes > 1 else []), "-m", "weaktr", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [*cmd, "-m", "weaktr", *args], env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 def test_train_seg_under_torchrun_with_two_processes(
@@ -31,7 +31,7 @@ def test_train_seg_under_torchrun_with_two_processes(
     run = tmp_path / "run"
     masks = str(demo.path(demo.masks))
     overrides = [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=2"]
-    proc = _torchrun("train-seg", "--seeds", masks, *overrides)
+    proc = _weaktr("train-seg", "--seeds", masks, *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model = load_segmenter(run / "seg" / "model.safetensors")
     assert model.n_cls == 4
@@ -55,13 +55,7 @@ def test_resuming_a_torchrun_state_in_one_process_is_refused(
     run = tmp_path / "run"
     masks = str(demo.path(demo.masks))
     overrides = [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=1"]
-    assert _torchrun("train-seg", "--seeds", masks, *overrides).returncode == 0
+    assert _weaktr("train-seg", "--seeds", masks, *overrides).returncode == 0
     assert read_state_extra(run / "seg" / "state.safetensors")["setup"]["world"] == 2
-    proc = subprocess.run(
-        [sys.executable, "-m", "weaktr", "train-seg", "--seeds", masks, *overrides],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = _weaktr("train-seg", "--seeds", masks, *overrides, processes=1)
     assert proc.returncode == 2 and "training state was made with" in proc.stderr

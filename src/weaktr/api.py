@@ -36,7 +36,7 @@ from weaktr.data.images import load_image
 from weaktr.engine.distributed import resolve_device
 from weaktr.engine.logging import progress
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import predict_probs
+from weaktr.evaluation.inference import inference_precision, predict_probs
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMNet, load_cam_model
 from weaktr.models.segmenter import Segmenter, load_segmenter
@@ -232,10 +232,12 @@ class WeakTr:
         if not paths:
             raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in the folder", folder)
         written = []
-        for path in progress(paths, desc="predict"):
-            out = out_dir / f"{path.stem}.png"
-            save_label_png(out, self.predict(path, scales, flip, crf).mask, voc_palette())
-            written.append(out)
+        # entered once: on the CPU the fused blocks pack their weights here, not once per image
+        with inference_precision(self.segmenter, self.device, amp=False):
+            for path in progress(paths, desc="predict"):
+                out = out_dir / f"{path.stem}.png"
+                save_label_png(out, self.predict(path, scales, flip, crf).mask, voc_palette())
+                written.append(out)
         return written
 
     # ---- phase 1: class scores and CAMs ----------------------------------------------------------
