@@ -11,12 +11,14 @@ idle 2-core machine of the kind this runs on):
 - same-machine baselines ("authors' way"): the training step with the authors' unfused attention, and
   their inference loop re-enacted on our model (flips and windows run separately in batches of 4,
   full-size window logits merged on a canvas). The authors' absolute figures came from another
-  machine; these ratios do not depend on which machine runs the script.
+  machine; these ratios do not depend on which machine runs the script. The three 6-scale runs
+  (fp32, bf16, authors' way) go in interleaved rounds, and the table gives the median of the
+  same-round ratios with their range, so a load change between runs does not skew the ratio.
 
 Wall and CPU time are both recorded, with the load average before and after: on a shared machine
 the wall time of a step grows with the load, so compare ratios. Writes benchmarks/results/bench_seg.json.
 
-    python benchmarks/bench_seg.py [--repeats 5] [--ms-repeats 3] [--window-batch 8] [--sections ...]
+    python benchmarks/bench_seg.py [--repeats 5] [--ms-repeats 5] [--window-batch 8] [--sections ...]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import machine, measure
+from common import machine, measure, measure_rounds, paired_ratios
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
@@ -155,13 +158,23 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[st
     one = dict(scales=(1.0,), flip=False, ensemble_weight=None)
     out["infer_1scale"] = measure(run("1scale", **one), repeats)
     out["infer_1scale_bf16"] = measure(run("1scale_bf16", amp=True, **one), repeats)
-    out["infer_6scale_flip_ens"] = measure(run("6scale", amp=False), ms_repeats, warmup=0)
-    out["infer_6scale_flip_ens_bf16"] = measure(run("6scale_bf16", amp=True), ms_repeats, warmup=0)
 
     def authors_way() -> None:
         preds["authors_way"] = authors_way_probs(model, image).argmax(0)
 
-    out["infer_6scale_flip_ens_authors_way"] = measure(authors_way, ms_repeats, warmup=0)
+    # interleaved rounds: each round's authors' way / ours is a same-load ratio
+    six = measure_rounds(
+        {
+            "infer_6scale_flip_ens": run("6scale", amp=False),
+            "infer_6scale_flip_ens_bf16": run("6scale_bf16", amp=True),
+            "infer_6scale_flip_ens_authors_way": authors_way,
+        },
+        ms_repeats,
+    )
+    here = six["infer_6scale_flip_ens_authors_way"]
+    for key in ("infer_6scale_flip_ens", "infer_6scale_flip_ens_bf16"):
+        six[key]["authors_way_ratios"] = paired_ratios(here, six[key])
+    out.update(six)
     same = (preds["authors_way"] == preds["6scale"]).float().mean().item()
     out["infer_6scale_flip_ens_authors_way"]["agreement"] = same
     out["infer_6scale_flip_ens_authors_way"]["counts"] = same >= AGREEMENT_MIN
@@ -215,6 +228,9 @@ def table(results: dict[str, Any]) -> str:
         ratio = f"{base / r['wall_s']:.2f}×" if base else ""
         scaled = f"{base * machine_factor / r['wall_s']:.2f}×" if base and machine_factor else ""
         same = f"{here / r['wall_s']:.2f}×" if here and key.startswith("infer_6scale") else ""
+        if "authors_way_ratios" in r:  # median of same-round ratios, their range in brackets
+            pairs = r["authors_way_ratios"]
+            same = f"{statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
         if key.startswith("train_step") and "train_step_authors_way" in timings:
             same = f"{timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
         note = ""
@@ -235,7 +251,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per item (median)")
-    parser.add_argument("--ms-repeats", type=int, default=3, help="measured runs of the 6-scale inference")
+    parser.add_argument(
+        "--ms-repeats", type=int, default=5, help="interleaved rounds of the three 6-scale inferences"
+    )
     parser.add_argument("--window-batch", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--sections", default="train,infer,crf", help="comma-separated: train, infer, crf")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

@@ -66,3 +66,32 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: bool = F
         "cpu_s": statistics.median(cpus),
         "walls": [round(w, 3) for w in walls],
     }
+
+
+def measure_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, Any]]:
+    """``measure`` for several functions run in turn, once each per round (no warm-up).
+
+    Interleaving makes a change of the machine's load hit every function alike, so the ratio of two
+    functions' walls in the same round is steadier than the ratio of medians taken minutes apart.
+    """
+    walls: dict[str, list[float]] = {name: [] for name in fns}
+    cpus: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            w, c = time.perf_counter(), cpu_seconds()
+            fn()
+            walls[name].append(time.perf_counter() - w)
+            cpus[name].append(cpu_seconds() - c)
+    return {
+        name: {
+            "wall_s": statistics.median(walls[name]),
+            "cpu_s": statistics.median(cpus[name]),
+            "walls": [round(w, 3) for w in walls[name]],
+        }
+        for name in fns
+    }
+
+
+def paired_ratios(base: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """Per-round ``base / other`` wall ratios of two :func:`measure_rounds` entries."""
+    return [round(b / o, 3) for b, o in zip(base["walls"], other["walls"], strict=True)]

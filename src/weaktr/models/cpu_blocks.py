@@ -73,24 +73,26 @@ def _linear_add(x: torch.Tensor, wb: Packed, residual: torch.Tensor) -> torch.Te
     return torch.ops.mkldnn._linear_pointwise.binary(x, residual.contiguous(), wb[0], wb[1], "add")
 
 
-def _attention(qkv: torch.Tensor, scale: float) -> torch.Tensor:
-    """(3, B, heads, N, d) -> (B, N, heads·d): softmax(q·kᵀ·scale)·v, one image (window) at a time.
+def _attention(qkv: torch.Tensor) -> torch.Tensor:
+    """(B, N, 3, heads, d), q already scaled -> (B, N, heads·d): softmax(q·kᵀ)·v, one window at a time.
 
-    bf16 runs as two GEMMs around an in-place softmax on one (heads, N, N) score buffer reused by every
-    image: the scores stay in cache, and a fresh 10 MB tensor per image would cost its page faults
-    (~40 % of the score GEMM). fp32 keeps torch's fused kernel, faster there, also per image.
+    q, k and v are first made head-major and contiguous in one copy: the GEMMs would otherwise copy
+    each window's strided operands themselves. bf16 runs as two GEMMs around an in-place softmax on one
+    (heads, N, N) score buffer reused by every window: the scores stay in cache, and a fresh 10 MB
+    tensor per window would cost its page faults (~40 % of the score GEMM). fp32 keeps torch's fused
+    kernel, faster there, also per window.
     """
-    q, k, v = qkv.unbind(0)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
     B, H, N, D = q.shape
     out = torch.empty(B, N, H, D, dtype=q.dtype, device=q.device)
     scores = torch.empty(H, N, N, dtype=q.dtype, device=q.device) if q.dtype == torch.bfloat16 else None
     for i in range(B):
         if scores is not None:
-            torch.matmul(q[i] * scale, k[i].transpose(-2, -1), out=scores)
+            torch.matmul(q[i], k[i].transpose(-2, -1), out=scores)
             torch.softmax(scores, -1, out=scores)
             out[i] = torch.matmul(scores, v[i]).transpose(0, 1)
         else:
-            out[i] = F.scaled_dot_product_attention(q[i], k[i], v[i], scale=scale).transpose(0, 1)
+            out[i] = F.scaled_dot_product_attention(q[i], k[i], v[i], scale=1.0).transpose(0, 1)
     return out.view(B, N, H * D)
 
 
@@ -106,9 +108,15 @@ class FusedBlock:
     def __init__(self, block: Block, rows_hint: int = 8 * 901) -> None:
         self.block = block
         attn, mlp = block.attn, block.mlp
+        # the attention scale folded into q's rows: exact for a power of two (head size 64), and it
+        # saves a pass over q per window
+        fold = torch.ones(attn.qkv.out_features, dtype=attn.qkv.weight.dtype, device=attn.qkv.weight.device)
+        fold[: attn.num_heads * attn.head_dim] = attn.scale
+        weights = (attn.qkv.weight.detach() * fold[:, None], attn.proj.weight, mlp.fc1.weight, mlp.fc2.weight)
+        biases = (attn.qkv.bias.detach() * fold, attn.proj.bias, mlp.fc1.bias, mlp.fc2.bias)
         self.qkv, self.proj, self.fc1, self.fc2 = (
-            (torch.ops.mkldnn._reorder_linear_weight(lin.weight.detach(), rows_hint), lin.bias.detach())
-            for lin in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)
+            (torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows_hint), b.detach())
+            for w, b in zip(weights, biases, strict=True)
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,5 +126,5 @@ class FusedBlock:
         attn = block.attn
         B, N, _ = x.shape
         qkv = _linear(block.norm1(x), self.qkv).view(B, N, 3, attn.num_heads, attn.head_dim)
-        x = _linear_add(_attention(qkv.permute(2, 0, 3, 1, 4), attn.scale), self.proj, x)
+        x = _linear_add(_attention(qkv), self.proj, x)
         return _linear_add(_linear(block.norm2(x), self.fc1, "gelu"), self.fc2, x)
