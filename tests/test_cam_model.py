@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -312,3 +313,47 @@ def test_fusion_sums_bf16_maps_in_float32() -> None:
         want = torch.stack([a.float() for a in attn], 2).flatten(1, 2)
         if fusion == "mean":
             torch.testing.assert_close(out.fused, want.mean(1))
+
+
+def test_randweight_fusion_is_fixed_and_saved(tmp_path) -> None:
+    """AAF_RandWeight: a fixed N(0, 1) buffer through the interactive FFN, the same for every image."""
+    model = tiny(fusion="randweight")
+    aaf = model.aaf
+    assert not hasattr(aaf, "attn_feat_ffn") and "aaf.query" in model.state_dict()
+    assert "query" not in dict(aaf.named_parameters()) and aaf.query.shape == (8,)
+    x = torch.randn(2, 3, 32, 48)
+    out = model(x)
+    want = aaf.attn_head_ffn(aaf.query)
+    torch.testing.assert_close(out.aaf_weights, want.expand(2, -1))
+    feats = model.backbone(x)
+    maps = aaf.stack_maps(feats.attn)
+    fused = (want[None, :, None, None] * maps).mean(1)
+    torch.testing.assert_close(out.patch_attn, fused[:, 3:, 3:])
+    cam_loss(out, torch.tensor([[1.0, 0, 0], [0, 1, 1]]))["total"].backward()
+    assert aaf.attn_head_ffn[0].weight.grad is not None and aaf.query.grad is None
+    save_cam_model(tmp_path / "rw.safetensors", model)
+    loaded = load_cam_model(tmp_path / "rw.safetensors")
+    assert torch.equal(loaded.aaf.query, aaf.query)  # not redrawn on load
+
+
+def test_convert_official_randweight_with_query_npy(tmp_path) -> None:
+    model = tiny(fusion="randweight")
+    official = _official_state(model)
+    query = official.pop("adaptive_attention_fusion.query")  # the authors keep it in query.npy
+    np.save(tmp_path / "query.npy", query.numpy())
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        expect = model(x).fine_cam
+    for q in (tmp_path / "query.npy", query.numpy()[None], query):
+        state, cfg = convert_official_cam_state(official, q, drop_path=0.0)
+        assert cfg.fusion == "randweight" and cfg.num_heads == 4
+        rebuilt = CAMNet(cfg)
+        rebuilt.load_state_dict(state)
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt.eval()(x).fine_cam, expect, rtol=0, atol=0)
+    with pytest.raises(InputError, match=r"query\.npy"):
+        convert_official_cam_state(official)
+    with pytest.raises(InputError, match="not found"):
+        convert_official_cam_state(official, tmp_path / "missing.npy")
+    with pytest.raises(InputError, match=r"aaf\.query"):
+        convert_official_cam_state(official, torch.zeros(5))

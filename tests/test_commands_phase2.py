@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_CAM
@@ -123,3 +124,27 @@ def test_convert_cam_round_trip_with_pool_and_backbone(tmp_path: Path) -> None:
         a, b = loaded(x), model(x)
     torch.testing.assert_close(a.fine_cam, b.fine_cam)
     torch.testing.assert_close(a.cls_logits, b.cls_logits)
+
+
+def test_convert_cam_randweight_query(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.manual_seed(0)
+    model = build_cam_model(CAMConfig(**{**TINY_CAM, "fusion": "randweight"})).eval()
+    inverse = {
+        k.replace("backbone.vit.", "").replace("aaf.", "adaptive_attention_fusion."): v.clone()
+        for k, v in model.state_dict().items()
+    }
+    np.save(tmp_path / "query.npy", inverse.pop("adaptive_attention_fusion.query").numpy())
+    torch.save({"model": inverse}, tmp_path / "weaktr.pth")
+    out = tmp_path / "cam.safetensors"
+    args = ["convert", "cam", "--official", str(tmp_path / "weaktr.pth"), "--out", str(out)]
+    assert main(args) == 2  # no head-wise FFN and no query: the error names the fix
+    assert "--query" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--query", str(tmp_path / "query.npy")]) == 0
+    loaded = load_cam_model(out)
+    assert loaded.config.fusion == "randweight" and torch.equal(loaded.aaf.query, model.aaf.query)
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).fine_cam, model(x).fine_cam)
+    seg = ["convert", "segmenter", "--official", str(tmp_path / "weaktr.pth"), "--out", str(out)]
+    assert main([*seg, "--query", str(tmp_path / "query.npy")]) == 2
+    assert "convert cam" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Ablations of the paper's claims on the demo data (``weaktr ablate``).
+"""Ablations of the paper's claims and of the authors' variants on the demo data (``weaktr ablate``).
 
 Each variant is the base config plus overrides. Variants that change only phase 2 reuse the base
 run's phase-1 outputs (linked, not recomputed), so the comparison isolates the decoder.
@@ -42,6 +42,18 @@ def variants(tau: float, cell: int) -> tuple[Variant, ...]:
             "fusion_mean",
             "Table IV: plain mean of the attention maps instead of AAF",
             ("cam_model.fusion=mean",),
+            phase1=True,
+        ),
+        Variant(
+            "fusion_randweight",
+            "the authors' AAF_RandWeight: a fixed random vector instead of the attention features",
+            ("cam_model.fusion=randweight",),
+            phase1=True,
+        ),
+        Variant(
+            "cam_no_detach",
+            "spec §6.5: the paper's end-to-end training (the fine-CAM loss reaches the backbone)",
+            ("cam_model.detach=false",),
             phase1=True,
         ),
         Variant(

@@ -3,7 +3,8 @@
 The architecture is read from the tensor shapes. What the weights cannot tell — the timm backbone
 name (normalisation, block type) and the AAF pooling of a CAM model — comes from ``--backbone`` /
 ``--pool``, else from the config (``cam_model`` / ``seg_model``), so ``--config voc_vit_small``
-converts the authors' ViT-S segmenter.
+converts the authors' ViT-S segmenter. Their AAF_RandWeight CAM model keeps its fixed fusion vector
+in ``query.npy`` beside the checkpoint: pass it with ``--query``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from pathlib import Path
 import torch
 
 from weaktr.commands.common import add_config_args, load_run_config
+from weaktr.errors import InputError
 from weaktr.models.cam import CAMNet, convert_official_cam_state, save_cam_model
 from weaktr.models.segmenter import build_segmenter, convert_official_segmenter_state, save_segmenter
 
 
-def convert_cam(official: Path, out: Path, backbone: str, pool: str) -> None:
-    """The authors' WeakTr (phase-1) state dict → a checkpoint for ``load_cam_model``."""
-    state, cfg = convert_official_cam_state(official, backbone=backbone, aaf_pool=pool)
+def convert_cam(official: Path, out: Path, backbone: str, pool: str, query: Path | None = None) -> None:
+    """The authors' WeakTr (phase-1) state dict → a checkpoint for ``load_cam_model``; ``query`` is
+    the ``query.npy`` of their AAF_RandWeight variant."""
+    state, cfg = convert_official_cam_state(official, query, backbone=backbone, aaf_pool=pool)
     with torch.device("meta"):  # shapes only; load_state_dict(assign=True) brings the weights
         model = CAMNet(cfg)
     model.load_state_dict(state, assign=True)
@@ -39,9 +42,12 @@ def convert_segmenter(official: Path, out: Path, backbone: str) -> None:
 def execute(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
     official, out = Path(args.official), Path(args.out)
+    if args.query and args.kind != "cam":
+        raise InputError("--query belongs to a CAM model (convert cam), not to a segmenter")
     if args.kind == "cam":
         backbone = args.backbone or cfg.cam_model.get("backbone", "deit_small_patch16_224")
-        convert_cam(official, out, backbone, args.pool or cfg.cam_model.get("aaf_pool", "max"))
+        query = Path(args.query) if args.query else None
+        convert_cam(official, out, backbone, args.pool or cfg.cam_model.get("aaf_pool", "max"), query)
     else:
         convert_segmenter(
             official, out, args.backbone or cfg.seg_model.get("backbone", "deit_small_patch16_224")
@@ -62,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", help="timm backbone name (default: from the config)")
     p.add_argument(
         "--pool", choices=("max", "avg"), help="AAF pooling of a CAM model (default: from the config)"
+    )
+    p.add_argument(
+        "--query",
+        metavar="NPY",
+        help="the query.npy of the authors' AAF_RandWeight CAM model (its fixed fusion vector)",
     )
     add_config_args(p)
     p.set_defaults(func=execute)

@@ -3,8 +3,11 @@
 Follows the authors' code (spec §1.3): map index = head·K + layer; in ``features='code'`` mode the
 attention features are each layer's post-projection output, split so that head h gets channels
 h, h+H, h+2H, …; ``features='paper'`` uses the true per-head A·V instead. ``fusion='mean'`` is the
-paper's Table IV ablation (plain mean, no learned weights). Submodule names map 1:1 onto the
-authors' ``adaptive_attention_fusion.attn_feat_ffn`` / ``attn_head_ffn`` keys.
+paper's Table IV ablation (plain mean, no learned weights); ``fusion='randweight'`` is the authors'
+``AAF_RandWeight`` ablation: a fixed N(0, 1) vector (the ``query`` buffer, their ``query.npy``)
+replaces the pooled features and the head-wise FFN, so the map weights do not depend on the image.
+Submodule names map 1:1 onto the authors' ``adaptive_attention_fusion.attn_feat_ffn`` /
+``attn_head_ffn`` keys.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from weaktr.errors import InputError
 
 FEATURES = ("code", "paper")
 POOLS = ("max", "avg")
-FUSIONS = ("aaf", "mean")
+FUSIONS = ("aaf", "mean", "randweight")
 
 
 @dataclass
@@ -60,19 +63,23 @@ class AAF(nn.Module):
             fusion,
         )
         maps = depth * num_heads
-        if fusion == "aaf":
-            feat_hidden, hidden = int(head_dim / feat_reduction), int(maps / reduction)
-            if feat_hidden < 1 or hidden < 1:
-                raise InputError(
-                    f"AAF reductions leave no hidden units ({head_dim}->{feat_hidden}, {maps}->{hidden})"
-                )
-            self.attn_feat_ffn = nn.Sequential(nn.Linear(head_dim, feat_hidden), nn.Linear(feat_hidden, 1))
-            self.attn_head_ffn = nn.Sequential(
-                nn.Linear(maps, hidden, bias=False),
-                nn.ReLU(),
-                nn.Linear(hidden, maps, bias=False),
-                nn.Sigmoid(),
+        if fusion == "mean":
+            return
+        feat_hidden, hidden = int(head_dim / feat_reduction), int(maps / reduction)
+        if hidden < 1 or (fusion == "aaf" and feat_hidden < 1):
+            raise InputError(
+                f"AAF reductions leave no hidden units ({head_dim}->{feat_hidden}, {maps}->{hidden})"
             )
+        if fusion == "aaf":
+            self.attn_feat_ffn = nn.Sequential(nn.Linear(head_dim, feat_hidden), nn.Linear(feat_hidden, 1))
+        else:  # drawn once from the global RNG, saved with the weights, never trained
+            self.register_buffer("query", torch.randn(maps))
+        self.attn_head_ffn = nn.Sequential(
+            nn.Linear(maps, hidden, bias=False),
+            nn.ReLU(),
+            nn.Linear(hidden, maps, bias=False),
+            nn.Sigmoid(),
+        )
 
     def stack_maps(self, attn: Sequence[torch.Tensor]) -> torch.Tensor:
         """K tensors (B, H, T, T) -> (B, H·K, T, T), head-major."""
@@ -115,7 +122,11 @@ class AAF(nn.Module):
         B, M, T, _ = maps.shape
         if self.fusion == "mean":
             return AAFOutput(maps.mean(dim=1, dtype=torch.float32), maps.new_ones(B, M, dtype=torch.float32))
-        weights = self.attn_head_ffn(self.head_scores(self.pooled_features(attn_out, head_out)))
+        if self.fusion == "randweight":
+            scores = self.query.expand(B, M)
+        else:
+            scores = self.head_scores(self.pooled_features(attn_out, head_out))
+        weights = self.attn_head_ffn(scores)
         # one (B, 1, M) x (B, M, T·T) product; bf16 maps (CAM generation under AMP) sum in float32
         fused = torch.bmm(weights[:, None] / M, maps.reshape(B, M, T * T).to(weights.dtype))
         return AAFOutput(fused.reshape(B, T, T), weights)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -209,19 +210,35 @@ def map_official_key(key: str) -> str:
 
 
 def convert_official_cam_state(
-    source: dict[str, torch.Tensor] | str | Path, **overrides: Any
+    source: dict[str, torch.Tensor] | str | Path,
+    query: torch.Tensor | np.ndarray | str | Path | None = None,
+    **overrides: Any,
 ) -> tuple[dict[str, torch.Tensor], CAMConfig]:
     """Convert the authors' WeakTr state dict (a dict, their ``.pth`` with a ``model`` key, or a
     ``.safetensors``) to ours, inferring the architecture from the tensor shapes.
 
     The AAF pooling cannot be read from weights: it defaults to the documented ``max``; pass
-    ``aaf_pool='avg'`` (or any other CAMConfig field) in ``overrides`` to change it.
+    ``aaf_pool='avg'`` (or any other CAMConfig field) in ``overrides`` to change it. Their
+    ``AAF_RandWeight`` model keeps its fixed vector outside the state dict, in ``query.npy``: pass it
+    (or its path) as ``query`` and the result is a ``fusion='randweight'`` model.
     """
     path = None if isinstance(source, dict) else Path(source)
     state = _read_official(path) if path is not None else source
     bad = sorted(k for k, v in state.items() if not torch.is_floating_point(v))
     if bad:
         raise InputError(f"official CAM state has non-float tensors (encoded weights?): {bad[:5]}", path)
+    if query is not None:  # the head-wise FFN, if their variant kept one, is unused by it
+        state = {k: v for k, v in state.items() if not k.startswith(OFFICIAL_AAF_PREFIX + "attn_feat_ffn.")}
+        state[OFFICIAL_AAF_PREFIX + "query"] = _read_query(query)
+        overrides = {**overrides, "fusion": "randweight"}
+    elif OFFICIAL_AAF_PREFIX + "attn_head_ffn.0.weight" in state and not any(
+        k.startswith(OFFICIAL_AAF_PREFIX + "attn_feat_ffn.") for k in state
+    ):
+        raise InputError(
+            "official CAM state has no head-wise FFN (attn_feat_ffn): an AAF_RandWeight model? "
+            "Pass its query.npy (convert cam --query)",
+            path,
+        )
     try:
         cfg = _infer_official_config(state, overrides)
         converted = {map_official_key(k): v for k, v in state.items()}
@@ -245,6 +262,22 @@ def _read_official(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _read_query(query: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
+    """The RandWeight vector as a flat float32 tensor, from a tensor, an array or a ``.npy`` file."""
+    if isinstance(query, str | Path):
+        path = Path(query)
+        if not path.is_file():
+            raise InputError("RandWeight query file not found", path)
+        try:
+            query = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise InputError(f"not a numpy .npy array ({exc})", path) from exc
+    t = torch.as_tensor(query)
+    if not t.is_floating_point():
+        raise InputError(f"the RandWeight query must be floating point, got {t.dtype}")
+    return t.reshape(-1).float()
+
+
 def _infer_official_config(state: dict[str, torch.Tensor], overrides: dict[str, Any]) -> CAMConfig:
     """Architecture from shapes: C and D from cls_token, patch from the patch conv, heads from AAF."""
     _, C, D = state["cls_token"].shape
@@ -252,17 +285,22 @@ def _infer_official_config(state: dict[str, torch.Tensor], overrides: dict[str, 
     grid = math.isqrt(state["pos_embed"].shape[1] - C)
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     hidden, maps = state[OFFICIAL_AAF_PREFIX + "attn_head_ffn.0.weight"].shape
-    feat_hidden, head_dim = state[OFFICIAL_AAF_PREFIX + "attn_feat_ffn.0.weight"].shape
-    if depth < 1 or maps % depth or D % (maps // depth) or D // (maps // depth) != head_dim:
-        raise InputError(
-            f"official CAM state: AAF shapes ({maps} maps, head dim {head_dim}) do not fit "
-            f"depth {depth} and width {D}"
-        )
-    feat_reduction = head_dim // feat_hidden
-    if int(head_dim / feat_reduction) != feat_hidden:
-        raise InputError(
-            f"official CAM state: head-wise FFN {head_dim}->{feat_hidden} is no integer reduction"
-        )
+    if depth < 1 or maps % depth or D % (maps // depth):
+        raise InputError(f"official CAM state: {maps} AAF maps do not fit depth {depth} and width {D}")
+    head_dim = D // (maps // depth)
+    feat_reduction = CAMConfig.aaf_feat_reduction  # unused by RandWeight, which has no head-wise FFN
+    feat_key = OFFICIAL_AAF_PREFIX + "attn_feat_ffn.0.weight"
+    if feat_key in state:
+        feat_hidden, feat_in = state[feat_key].shape
+        if feat_in != head_dim:
+            raise InputError(
+                f"official CAM state: AAF head dim {feat_in} does not fit depth {depth} and width {D}"
+            )
+        feat_reduction = head_dim // feat_hidden
+        if int(head_dim / feat_reduction) != feat_hidden:
+            raise InputError(
+                f"official CAM state: head-wise FFN {head_dim}->{feat_hidden} is no integer reduction"
+            )
     reduction = maps / hidden
     if int(maps / reduction) != hidden:  # float rounding: nudge so that int(maps / reduction) == hidden
         reduction = math.nextafter(reduction, 0.0)
