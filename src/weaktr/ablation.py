@@ -51,6 +51,12 @@ def variants(tau: float, cell: int) -> tuple[Variant, ...]:
             phase1=True,
         ),
         Variant(
+            "aaf_reduction_2",
+            "AAF with 4 hidden units in its interactive FFN (the demo's reduction 8 over 8 maps leaves 1)",
+            ("cam_model.aaf_reduction=2",),
+            phase1=True,
+        ),
+        Variant(
             "cam_no_detach",
             "spec §6.5: the paper's end-to-end training (the fine-CAM loss reaches the backbone)",
             ("cam_model.detach=false",),
