@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from test_train_seg import demo, tiny_overrides  # noqa: F401  (the module-scoped demo fixture)
 
@@ -24,15 +25,19 @@ def _weaktr(*args: str, processes: int = 2) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_train_seg_under_torchrun_with_two_processes(
-    demo: DatasetInfo,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    run = tmp_path / "run"
-    masks = str(demo.path(demo.masks))
-    overrides = [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=2"]
-    proc = _weaktr("train-seg", "--seeds", masks, *overrides)
+@pytest.fixture(scope="module")
+def torchrun_seg(demo: DatasetInfo, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:  # noqa: F811
+    """One 2-process train-seg run (2 epochs): its run folder and the arguments that made it."""
+    run = tmp_path_factory.mktemp("torchrun") / "run"
+    args = ["train-seg", "--seeds", str(demo.path(demo.masks))]
+    args += [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=2"]
+    proc = _weaktr(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, args
+
+
+def test_train_seg_under_torchrun_with_two_processes(torchrun_seg: tuple[Path, list[str]]) -> None:
+    run, _ = torchrun_seg
     model = load_segmenter(run / "seg" / "model.safetensors")
     assert model.n_cls == 4
     setup = read_state_extra(run / "seg" / "state.safetensors")["setup"]
@@ -47,15 +52,11 @@ def test_train_seg_under_torchrun_with_two_processes(
     assert all(0.0 <= r["val_miou"] <= 1.0 for r in records if r["event"] == "epoch")
 
 
-def test_resuming_a_torchrun_state_in_one_process_is_refused(
-    demo: DatasetInfo,  # noqa: F811
-    tmp_path: Path,
-) -> None:
+def test_resuming_a_torchrun_state_in_one_process_is_refused(torchrun_seg: tuple[Path, list[str]]) -> None:
     """A state made by 2 processes does not resume in 1 (other batch per rank, other data order)."""
-    run = tmp_path / "run"
-    masks = str(demo.path(demo.masks))
-    overrides = [*tiny_overrides(demo.root / "dataset.yaml", run), "seg_train.epochs=1"]
-    assert _weaktr("train-seg", "--seeds", masks, *overrides).returncode == 0
-    assert read_state_extra(run / "seg" / "state.safetensors")["setup"]["world"] == 2
-    proc = _weaktr("train-seg", "--seeds", masks, *overrides, processes=1)
+    run, args = torchrun_seg
+    state = run / "seg" / "state.safetensors"
+    before = state.read_bytes()
+    proc = _weaktr(*args, processes=1)
     assert proc.returncode == 2 and "training state was made with" in proc.stderr
+    assert state.read_bytes() == before  # refused before anything is written
