@@ -44,28 +44,32 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: bool = False) -> dict[str, Any]:
-    """Median wall and CPU seconds of ``fn`` over ``repeats`` runs after ``warmup`` unmeasured ones.
+def _timed(fn: Callable[[], Any], sync: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds of one call; ``sync`` waits for the GPU around it, so queued work counts."""
+    if sync:
+        torch.cuda.synchronize()
+    w, c = time.perf_counter(), cpu_seconds()
+    fn()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - w, cpu_seconds() - c
 
-    ``sync`` waits for the GPU around each run, so its queued work is counted.
-    """
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        w, c = time.perf_counter(), cpu_seconds()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        walls.append(time.perf_counter() - w)
-        cpus.append(cpu_seconds() - c)
+
+def _summary(runs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Median wall and CPU seconds of (wall, cpu) pairs, with every wall kept."""
+    walls, cpus = zip(*runs, strict=True)
     return {
         "wall_s": statistics.median(walls),
         "cpu_s": statistics.median(cpus),
         "walls": [round(w, 3) for w in walls],
     }
+
+
+def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1, sync: bool = False) -> dict[str, Any]:
+    """Median wall and CPU seconds of ``fn`` over ``repeats`` runs after ``warmup`` unmeasured ones."""
+    for _ in range(warmup):
+        fn()
+    return _summary([_timed(fn, sync) for _ in range(repeats)])
 
 
 def measure_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, Any]]:
@@ -74,22 +78,11 @@ def measure_rounds(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, 
     Interleaving makes a change of the machine's load hit every function alike, so the ratio of two
     functions' walls in the same round is steadier than the ratio of medians taken minutes apart.
     """
-    walls: dict[str, list[float]] = {name: [] for name in fns}
-    cpus: dict[str, list[float]] = {name: [] for name in fns}
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            w, c = time.perf_counter(), cpu_seconds()
-            fn()
-            walls[name].append(time.perf_counter() - w)
-            cpus[name].append(cpu_seconds() - c)
-    return {
-        name: {
-            "wall_s": statistics.median(walls[name]),
-            "cpu_s": statistics.median(cpus[name]),
-            "walls": [round(w, 3) for w in walls[name]],
-        }
-        for name in fns
-    }
+            runs[name].append(_timed(fn))
+    return {name: _summary(r) for name, r in runs.items()}
 
 
 def paired_ratios(base: dict[str, Any], other: dict[str, Any]) -> list[float]:
