@@ -28,13 +28,14 @@ import torch
 from common import machine, measure
 from PIL import Image
 
-from weaktr.cam.generate import generate_cams, load_cams
+from weaktr.cam.generate import generate_cams
 from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
 from weaktr.crf import CRFParams, label_crf
 from weaktr.data.demo import render_scene
 from weaktr.engine.optim import build_adamw
-from weaktr.engine.train_cam import train_step
+from weaktr.io import load_cams
 from weaktr.models.cam import CAMConfig, build_cam_model
+from weaktr.stages.train_cam import train_step
 
 AUTHORS = {"train_step": 2.0, "cam_gen": 3.0, "label_crf": 0.39}  # s; idle 2-core machine of this kind
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -15,12 +15,12 @@ from weaktr.cam.generate import (
     MINMAX_EPS,
     fuse_cams,
     generate_cams,
-    load_cams,
     multiscale_cam,
     preprocess_scales,
     resize_bicubic,
 )
 from weaktr.errors import InputError
+from weaktr.io import load_cams
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CPU = torch.device("cpu")

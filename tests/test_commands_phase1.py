@@ -10,15 +10,17 @@ import pytest
 from PIL import Image
 from test_train_cam import TINY_MODEL
 
-from weaktr.cam import stages
-from weaktr.cam.generate import load_cams
-from weaktr.cam.stages import evaluate_stage, gen_cam_stage, seeds_stage, sweep_range
 from weaktr.cli import main
-from weaktr.commands.common import RunContext, open_run
 from weaktr.config import load_config
 from weaktr.crf import CRFParams
 from weaktr.data.demo import generate_demo
 from weaktr.errors import InputError
+from weaktr.io import load_cams
+from weaktr.runtime.context import RunContext, open_run
+from weaktr.stages import seeds as seeds_module
+from weaktr.stages.gen_cam import gen_cam_stage
+from weaktr.stages.scoring import evaluate_stage, sweep_range
+from weaktr.stages.seeds import seeds_stage
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,7 @@ def test_seed_crf_params_override_the_preset(trained, monkeypatch: pytest.Monkey
     run, args = trained
     assert main(["gen-cam", *args]) == 0
     seen: list[CRFParams | None] = []
-    monkeypatch.setattr(stages, "make_seeds", lambda *a, **kw: seen.append(a[4]))
+    monkeypatch.setattr(seeds_module, "make_seeds", lambda *a, **kw: seen.append(a[4]))
     ctx = _ctx(args, "seeds.crf_params={gauss_sxy: 1, bilateral_compat: 20}")
     seeds_stage(ctx, run / "cams", crf=True, out_dir=run / "seeds_kernels")
     assert seen == [CRFParams(1, 3, 83, 5, 20)]  # voc_label with two fields replaced

@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from weaktr.engine import distributed as D
+from weaktr.config import RunConfig
 from weaktr.errors import InputError
+from weaktr.runtime import distributed as D
+from weaktr.runtime.context import RunContext
 
 
 def test_single_process_fallbacks(monkeypatch):
@@ -54,13 +56,13 @@ def test_seed_everything_is_per_rank():
     assert torch.equal(a, torch.rand(3))
 
 
-def test_autocast_only_where_asked():
-    cpu = torch.device("cpu")
-    with D.autocast(cpu, enabled=True):
-        assert not torch.is_autocast_enabled("cpu")
-    with D.autocast(cpu, enabled=True, cpu=True):
-        assert torch.is_autocast_enabled("cpu")
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+def test_amp_rule_only_where_asked(tmp_path):
+    def ctx(device: str, amp_cpu: bool) -> RunContext:
+        cfg = RunConfig(amp_cpu=amp_cpu)
+        return RunContext(cfg, tmp_path, None, D.DistInfo(0, 1, 0, torch.device(device), True))  # type: ignore[arg-type]
+
+    assert not ctx("cpu", False).amp(True) and ctx("cpu", True).amp(True)
+    assert ctx("cuda", False).amp(True) and not ctx("cuda", True).amp(False)
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import torch
 
-from weaktr.engine.logging import JsonlLogger, format_seconds, progress, setup_logging
+from weaktr.runtime.logging import JsonlLogger, format_seconds, progress, setup_logging
 
 
 def test_jsonl_lines_are_valid_json(tmp_path):

@@ -12,7 +12,6 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from weaktr.cam.generate import save_cams
 from weaktr.cam.seeds import seed_from_cams
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import (
@@ -23,7 +22,7 @@ from weaktr.evaluation.metrics import (
     save_json,
     sweep_thresholds,
 )
-from weaktr.io import save_label_png
+from weaktr.io import save_cams, save_label_png
 
 GT = np.array([[0, 0, 1], [1, 2, 255]], dtype=np.uint8)
 PRED = np.array([[0, 1, 1], [1, 2, 0]], dtype=np.uint8)

@@ -11,12 +11,14 @@ import pytest
 from conftest import add_splits
 from PIL import Image
 
-from weaktr.cam.generate import load_cams
-from weaktr.cam.stages import evaluate_stage, gen_cam_stage, seeds_stage
-from weaktr.commands.common import open_run
 from weaktr.config import load_config
 from weaktr.data.voc import prepare_voc
-from weaktr.engine.train_cam import train_cam
+from weaktr.io import load_cams
+from weaktr.runtime.context import open_run
+from weaktr.stages.gen_cam import gen_cam_stage
+from weaktr.stages.scoring import evaluate_stage
+from weaktr.stages.seeds import seeds_stage
+from weaktr.stages.train_cam import train_cam
 
 pytestmark = pytest.mark.slow
 

@@ -13,15 +13,15 @@ from conftest import TINY_CAM, add_splits
 
 from weaktr.cam.generate import generate_cams
 from weaktr.cam.seeds import make_seeds
-from weaktr.commands.common import open_run
 from weaktr.config import load_config
 from weaktr.data.dataset import DatasetInfo, voc_palette
 from weaktr.data.voc import prepare_voc
-from weaktr.engine.train_seg import train_seg
 from weaktr.evaluation.metrics import evaluate_dirs
-from weaktr.evaluation.predict import predict_split
 from weaktr.models.cam import CAMConfig, build_cam_model
 from weaktr.models.timm_factory import normalisation
+from weaktr.runtime.context import open_run
+from weaktr.stages.predict import predict_split
+from weaktr.stages.train_seg import train_seg
 
 pytestmark = pytest.mark.slow
 

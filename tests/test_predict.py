@@ -11,7 +11,7 @@ from PIL import Image
 from test_train_seg import demo, tiny_ctx  # noqa: F401  (the module-scoped demo fixture)
 
 import weaktr.evaluation.inference as inf
-import weaktr.evaluation.predict as pr
+import weaktr.stages.predict as pr
 from weaktr.crf import CRFParams
 from weaktr.data.dataset import DatasetInfo
 from weaktr.data.images import load_image

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from weaktr.cam.generate import load_cams, save_cams
 from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
 from weaktr.crf import CRFParams
 from weaktr.data.dataset import voc_palette
 from weaktr.errors import InputError
+from weaktr.io import load_cams, save_cams
 
 
 def test_seed_threshold_argmax_and_label_ids() -> None:

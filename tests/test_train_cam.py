@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from conftest import TINY_CAM
 
 from weaktr.cam.generate import fuse_cams, label_vector, multiscale_cam, preprocess_scales
-from weaktr.commands.common import open_run
 from weaktr.config import RunConfig, load_config
 from weaktr.data.demo import generate_demo
-from weaktr.engine.train_cam import train_cam
 from weaktr.errors import InputError
 from weaktr.io import load_checkpoint
 from weaktr.models.cam import CAMConfig, build_cam_model, load_cam_model
+from weaktr.runtime.context import open_run
+from weaktr.stages.train_cam import train_cam
 
 TINY_MODEL = (
     "cam_model={backbone: vit_small_patch16_224, num_classes: 3, img_size: 48, patch_size: 8, "

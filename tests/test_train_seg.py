@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import weaktr.engine.train_seg as ts
-from weaktr.commands.common import RunContext, open_run
+import weaktr.stages.train_seg as ts
 from weaktr.config import RunConfig, load_config
 from weaktr.data.dataset import DatasetInfo
 from weaktr.data.demo import generate_demo
@@ -21,6 +20,7 @@ from weaktr.engine.state import load_training_state
 from weaktr.errors import InputError
 from weaktr.io import save_label_png
 from weaktr.models.segmenter import load_segmenter
+from weaktr.runtime.context import RunContext, open_run
 
 TINY_SEG = (
     "seg_model={backbone: vit_small_patch16_224, n_cls: 4, image_size: 32, stem: conv, patch_size: 8, "

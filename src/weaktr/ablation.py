@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weaktr.commands.common import open_run
 from weaktr.config import load_config
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, write_json
-from weaktr.pipeline import run_pipeline
-
-PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "seeds")
-PHASE1_OUTPUTS = ("cam", "cams", "cams_coarse", "cams_fused", "cams_refined", "seeds", "seeds_crf")
+from weaktr.pipeline import PHASE1_STAGES, STAGES, run_pipeline
+from weaktr.runtime.context import open_run
+from weaktr.runtime.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -78,16 +76,17 @@ def variants(tau: float, cell: int) -> tuple[Variant, ...]:
 
 def _link_phase1(base_dir: Path, run_dir: Path) -> None:
     """Reuse the base run's phase-1 outputs and stage markers in a phase-2-only variant."""
-    (run_dir / "stages").mkdir(parents=True, exist_ok=True)
-    for rel in PHASE1_OUTPUTS:
-        src, dst = base_dir / rel, run_dir / rel
-        if src.exists() and not dst.exists():
-            os.symlink(src.resolve(), dst, target_is_directory=True)
-    for stage in PHASE1_STAGES:
-        marker = base_dir / "stages" / f"{stage}.json"
+    base, run = RunLayout(base_dir), RunLayout(run_dir)
+    run.stages.mkdir(parents=True, exist_ok=True)
+    for stage in (s for s in STAGES if s.name in PHASE1_STAGES):
+        for src in stage.outputs(base):
+            dst = run.root / src.relative_to(base.root)
+            if src.exists() and not dst.exists():
+                os.symlink(src.resolve(), dst, target_is_directory=True)
+        marker = base.stage_marker(stage.name)
         if not marker.is_file():
-            raise InputError(f"the base run has not finished stage {stage}", base_dir)
-        (run_dir / "stages" / f"{stage}.json").write_text(marker.read_text())
+            raise InputError(f"the base run has not finished stage {stage.name}", base_dir)
+        run.stage_marker(stage.name).write_text(marker.read_text())
 
 
 def run_ablations(

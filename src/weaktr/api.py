@@ -30,17 +30,19 @@ from PIL import Image
 from weaktr.cam.generate import multiscale_cam
 from weaktr.config import load_config
 from weaktr.crf import CRFParams, softmax_crf
-from weaktr.data.dataset import DatasetInfo, voc_palette
+from weaktr.data.dataset import voc_palette
 from weaktr.data.folder import IMAGE_EXTS
 from weaktr.data.images import load_image
-from weaktr.engine.distributed import resolve_device
-from weaktr.engine.logging import progress
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_probs
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMNet, load_cam_model
 from weaktr.models.segmenter import Segmenter, load_segmenter
 from weaktr.models.timm_factory import normalisation
+from weaktr.runtime.context import run_dataset
+from weaktr.runtime.distributed import resolve_device
+from weaktr.runtime.layout import RunLayout
+from weaktr.runtime.logging import progress
 
 ImageLike = str | Path | np.ndarray | Image.Image
 
@@ -71,20 +73,6 @@ class CAMResult:
     cams: np.ndarray
     classes: list[int]
     scores: np.ndarray
-
-
-def run_dataset(run_dir: str | Path, dataset: str) -> DatasetInfo:
-    """The prepared data set of a run (``data.dataset``), without generating anything.
-
-    The built-in demo lives in ``run_dir/data``; a relative path is tried from the current folder
-    (where ``weaktr run`` was started), then from the run directory.
-    """
-    run_dir = Path(run_dir)
-    candidates = [run_dir / "data"] if dataset == "demo" else [Path(dataset), run_dir / dataset]
-    for cand in candidates:
-        if (cand / "dataset.yaml").is_file() if cand.is_dir() else cand.is_file():
-            return DatasetInfo.load(cand)
-    raise InputError("data set of the run not found", candidates[0])
 
 
 def _to_array(image: ImageLike) -> np.ndarray:
@@ -165,9 +153,9 @@ class WeakTr:
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "auto") -> WeakTr:
         """The models of a run directory, with its class names and its ``predict`` settings."""
-        run_dir = Path(run_dir)
-        cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-        seg, cam = run_dir / "seg" / "model.safetensors", run_dir / "cam" / "model.safetensors"
+        run_dir, lay = Path(run_dir), RunLayout(Path(run_dir))
+        cfg = load_config(lay.config) if lay.config.is_file() else None
+        seg, cam = lay.seg_model, lay.cam_model
         if not seg.is_file() and not cam.is_file():
             raise InputError("no trained model in this run directory (seg/ and cam/ are empty)", run_dir)
         names, settings = None, {}

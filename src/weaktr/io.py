@@ -1,4 +1,6 @@
-"""Atomic file output and the project's checkpoint format (safetensors + the config that rebuilds it).
+"""The project's file formats, all written atomically: JSON, label PNGs, checkpoints, CAMs, probabilities.
+
+Checkpoints are safetensors with the config that rebuilds the model in their metadata.
 
 Every writer goes through :func:`atomic_write` so that a killed job never leaves a half file under
 the final name: readers (and the stage-skipping logic of ``weaktr run``) can trust any file they see.
@@ -99,3 +101,36 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             f"safetensors file has no '{CONFIG_KEY}' metadata; convert it with 'weaktr convert' first", path
         )
     return state, json.loads(meta[CONFIG_KEY])
+
+
+def save_cams(path: str | Path, cams: torch.Tensor | np.ndarray, classes: torch.Tensor | np.ndarray) -> None:
+    """Write one image's CAMs atomically: ``cams`` float16 (K, H, W), ``classes`` int64 label ids."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f, cams=np.asarray(cams, dtype=np.float16), classes=np.asarray(classes, dtype=np.int64)
+        )
+
+
+def load_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``(cams float32 (K, H, W), classes int64 (K,))`` from a file written by :func:`save_cams`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("CAM file not found (run gen-cam first)", path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
+    except Exception as exc:  # zipfile, pickle and key errors all mean a damaged file
+        raise InputError(f"not a readable CAM .npz file ({exc})", path) from exc
+    if cams.ndim != 3 or classes.shape != (cams.shape[0],):
+        raise InputError(
+            f"CAM file has cams {cams.shape} and classes {classes.shape}; expected (K,H,W), (K,)", path
+        )
+    return cams, classes
+
+
+def write_probs(path: Path, probs: np.ndarray, classes: np.ndarray) -> None:
+    """Write one image's present-class probabilities (float16) and their label ids, atomically."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f, probs=np.asarray(probs, dtype=np.float16), classes=np.asarray(classes, dtype=np.int64)
+        )

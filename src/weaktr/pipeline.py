@@ -17,20 +17,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weaktr.commands.common import RunContext
-from weaktr.engine.distributed import barrier
 from weaktr.errors import InputError
 from weaktr.io import write_json
+from weaktr.report.html import build_report
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import barrier
+from weaktr.runtime.layout import RunLayout, sibling_dir
+from weaktr.stages.gen_cam import gen_cam_stage
+from weaktr.stages.predict import predict_split
+from weaktr.stages.scoring import evaluate_stage
+from weaktr.stages.seeds import seeds_stage
+from weaktr.stages.train_cam import train_cam
+from weaktr.stages.train_seg import train_seg
 
 log = logging.getLogger(__name__)
+CAM_VARIANTS = ("coarse", "fused", "refined")  # scored for the report besides the CAMs in use
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline: its name, what it writes (relative to the run dir) and how to run it."""
+    """One step of the pipeline: its name, the folders it writes and how to run it."""
 
     name: str
-    outputs: tuple[str, ...]
+    outputs: Callable[[RunLayout], tuple[Path, ...]]
     run: Callable[[RunContext], dict[str, Any] | None]
 
 
@@ -43,21 +52,12 @@ def _has_gt(ctx: RunContext) -> bool:
 
 
 def _train_cam(ctx: RunContext) -> dict[str, Any]:
-    from weaktr.engine.train_cam import train_cam
-
     return {"model": str(train_cam(ctx))}
 
 
 def _gen_cam(ctx: RunContext) -> dict[str, Any]:
-    from weaktr.cam.stages import gen_cam_stage
-
-    out = gen_cam_stage(
-        ctx,
-        ctx.run_dir / "cam" / "model.safetensors",
-        split=ctx.cfg.data.train_split,
-        kind="default",
-        out_dir=ctx.run_dir / "cams",
-    )
+    lay = ctx.layout
+    out = gen_cam_stage(ctx, lay.cam_model, split=ctx.cfg.data.train_split, kind="default", out_dir=lay.cams)
     return {"cams": str(out)}
 
 
@@ -73,52 +73,41 @@ def _other_refine_kind(ctx: RunContext) -> str:
 
 def _eval_cams(ctx: RunContext) -> dict[str, Any]:
     """Score coarse, used and alternative CAMs on the GT split with a threshold sweep (for reporting)."""
-    from weaktr.cam.stages import evaluate_stage, gen_cam_stage
-
     if not _has_gt(ctx):
         return {"skipped": "the data set has no ground-truth masks"}
-    split = _cam_eval_split(ctx)
-    model = ctx.run_dir / "cam" / "model.safetensors"
-    results = {"cam_fine": evaluate_stage(ctx, ctx.run_dir / "cams", split, "cam_fine", sweep=True)}
+    lay, split = ctx.layout, _cam_eval_split(ctx)
+    results = {"cam_fine": evaluate_stage(ctx, lay.cams, split, "cam_fine", sweep=True)}
     other = _other_refine_kind(ctx)
-    dirs = {kind: ctx.run_dir / f"cams_{kind}" for kind in ("coarse", other)}
-    gen_cam_stage(ctx, model, split=split, kind="coarse", out_dir=dirs["coarse"], also={other: dirs[other]})
+    dirs = {kind: lay.cams_of(kind) for kind in ("coarse", other)}
+    gen_cam_stage(
+        ctx, lay.cam_model, split=split, kind="coarse", out_dir=dirs["coarse"], also={other: dirs[other]}
+    )
     for kind, cams in dirs.items():
         results[f"cam_{kind}"] = evaluate_stage(ctx, cams, split, f"cam_{kind}", sweep=True)
     return {k: _headline(v) for k, v in results.items()}
 
 
 def _seeds(ctx: RunContext) -> dict[str, Any]:
-    from weaktr.cam.stages import evaluate_stage, seeds_stage
-
     out: dict[str, Any] = {}
-    variants = [("seeds", False)] + ([("seeds_crf", True)] if ctx.cfg.seeds.crf else [])
-    for name, crf in variants:
-        seeds_stage(ctx, ctx.run_dir / "cams", crf=crf, out_dir=ctx.run_dir / name)
+    for crf in (False, True) if ctx.cfg.seeds.crf else (False,):
+        seed_dir = ctx.layout.seeds(crf)
+        seeds_stage(ctx, ctx.layout.cams, crf=crf, out_dir=seed_dir)
         if _has_gt(ctx):
-            out[name] = _headline(evaluate_stage(ctx, ctx.run_dir / name, _cam_eval_split(ctx), name))
+            out[seed_dir.name] = _headline(evaluate_stage(ctx, seed_dir, _cam_eval_split(ctx), seed_dir.name))
     return out
 
 
-def _seed_dir(ctx: RunContext) -> Path:
-    return ctx.run_dir / ("seeds_crf" if ctx.cfg.seeds.crf else "seeds")
-
-
 def _train_seg(ctx: RunContext) -> dict[str, Any]:
-    from weaktr.engine.train_seg import train_seg
-
     gt = ctx.dataset.path(ctx.dataset.masks) if _has_gt(ctx) else None
-    return {"model": str(train_seg(ctx, _seed_dir(ctx), gt_dir=gt))}
+    return {"model": str(train_seg(ctx, ctx.layout.seeds(ctx.cfg.seeds.crf), gt_dir=gt))}
 
 
 def _predict(ctx: RunContext) -> dict[str, Any]:
-    from weaktr.cam.stages import evaluate_stage
-    from weaktr.evaluation.predict import predict_split
-
-    model = ctx.run_dir / "seg" / "model.safetensors"
     out: dict[str, Any] = {}
     for split in ctx.cfg.predict.splits:
-        pred_dir = predict_split(ctx, model, split, ctx.run_dir / "pred" / split, crf=ctx.cfg.predict.crf)
+        pred_dir = predict_split(
+            ctx, ctx.layout.seg_model, split, ctx.layout.pred(split), crf=ctx.cfg.predict.crf
+        )
         if not _has_gt(ctx) or split not in ctx.dataset.splits:
             continue
         is_train = split == ctx.cfg.data.train_split
@@ -126,29 +115,28 @@ def _predict(ctx: RunContext) -> dict[str, Any]:
         eval_split = _cam_eval_split(ctx) if is_train else split
         out[name] = _headline(evaluate_stage(ctx, pred_dir, eval_split, name))
         if ctx.cfg.predict.crf:
-            nocrf = pred_dir.parent / f"{pred_dir.name}_nocrf"
+            nocrf = sibling_dir(pred_dir, "_nocrf")
             out[f"{name}_nocrf"] = _headline(evaluate_stage(ctx, nocrf, eval_split, f"{name}_nocrf"))
     return out
 
 
 def _report(ctx: RunContext) -> dict[str, Any]:
-    from weaktr.report.html import build_report
-
     if not ctx.cfg.report.enabled:
         return {"skipped": "report.enabled is false"}
     return {"report": str(build_report(ctx.run_dir))}
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train_cam", ("cam",), _train_cam),
-    Stage("gen_cam", ("cams",), _gen_cam),
-    Stage("eval_cams", ("cams_coarse", "cams_fused", "cams_refined"), _eval_cams),
-    Stage("seeds", ("seeds", "seeds_crf"), _seeds),
-    Stage("train_seg", ("seg",), _train_seg),
-    Stage("predict", ("pred",), _predict),
-    Stage("report", ("report",), _report),
+    Stage("train_cam", lambda lay: (lay.cam,), _train_cam),
+    Stage("gen_cam", lambda lay: (lay.cams,), _gen_cam),
+    Stage("eval_cams", lambda lay: tuple(lay.cams_of(k) for k in CAM_VARIANTS), _eval_cams),
+    Stage("seeds", lambda lay: (lay.seeds(False), lay.seeds(True)), _seeds),
+    Stage("train_seg", lambda lay: (lay.seg,), _train_seg),
+    Stage("predict", lambda lay: (lay.pred_root,), _predict),
+    Stage("report", lambda lay: (lay.report_dir,), _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "seeds")
 
 
 def _headline(scores: dict[str, Any]) -> dict[str, Any]:
@@ -164,20 +152,16 @@ def check_stage_names(names: Sequence[str]) -> None:
         raise InputError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
 
 
-def _marker(run_dir: Path, name: str) -> Path:
-    return run_dir / "stages" / f"{name}.json"
-
-
 def run_pipeline(ctx: RunContext, force: Sequence[str] = (), until: str | None = None) -> dict[str, Any]:
     """Run (or resume) every stage up to ``until``; returns and writes ``summary.json``."""
     check_stage_names([*force, *([until] if until else [])])
     run_dir, t_start = ctx.run_dir, time.time()
     for stage in STAGES:
-        marker = _marker(run_dir, stage.name)
+        marker = RunLayout(run_dir).stage_marker(stage.name)
         if stage.name in force and ctx.dist.is_main:
             marker.unlink(missing_ok=True)
-            for rel in stage.outputs:
-                shutil.rmtree(run_dir / rel, ignore_errors=True)
+            for path in stage.outputs(RunLayout(run_dir)):
+                shutil.rmtree(path, ignore_errors=True)
         barrier()
         if marker.is_file():
             log.info("stage %s: done before, skipped (--force %s redoes it)", stage.name, stage.name)
@@ -199,7 +183,7 @@ def write_summary(run_dir: Path, seconds_this_call: float) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     stage_seconds: dict[str, float] = {}
     for name in STAGE_NAMES:
-        marker = _marker(run_dir, name)
+        marker = RunLayout(run_dir).stage_marker(name)
         if not marker.is_file():
             continue
         data = json.loads(marker.read_text())
@@ -210,7 +194,7 @@ def write_summary(run_dir: Path, seconds_this_call: float) -> dict[str, Any]:
     summary["seconds"] = round(sum(stage_seconds.values()), 1)
     summary["stage_seconds"] = stage_seconds
     summary["seconds_this_call"] = round(seconds_this_call, 1)
-    write_json(run_dir / "summary.json", summary)
+    write_json(RunLayout(run_dir).summary, summary)
     return summary
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from weaktr.errors import InputError
-from weaktr.io import atomic_write
+from weaktr.io import save_cams
 from weaktr.models.backbone import BackboneOutput
 from weaktr.models.cam import CAMNet
 
@@ -275,31 +275,6 @@ def read_image_source(source: ImageSource) -> np.ndarray:
     from weaktr.data.images import load_image
 
     return load_image(source)
-
-
-def save_cams(path: str | Path, cams: torch.Tensor | np.ndarray, classes: torch.Tensor | np.ndarray) -> None:
-    """Write one image's CAMs atomically: ``cams`` float16 (K, H, W), ``classes`` int64 label ids."""
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(
-            f, cams=np.asarray(cams, dtype=np.float16), classes=np.asarray(classes, dtype=np.int64)
-        )
-
-
-def load_cams(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read ``(cams float32 (K, H, W), classes int64 (K,))`` from a file written by :func:`save_cams`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("CAM file not found (run gen-cam first)", path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            cams, classes = data["cams"].astype(np.float32), data["classes"].astype(np.int64)
-    except Exception as exc:  # zipfile, pickle and key errors all mean a damaged file
-        raise InputError(f"not a readable CAM .npz file ({exc})", path) from exc
-    if cams.ndim != 3 or classes.shape != (cams.shape[0],):
-        raise InputError(
-            f"CAM file has cams {cams.shape} and classes {classes.shape}; expected (K,H,W), (K,)", path
-        )
-    return cams, classes
 
 
 def _prepare_job(

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from weaktr.cam.generate import ImageSource, load_cams, read_image_source
+from weaktr.cam.generate import ImageSource, read_image_source
 from weaktr.crf import CRFParams, label_crf, run_parallel
 from weaktr.errors import InputError
-from weaktr.io import save_label_png
+from weaktr.io import load_cams, save_label_png
 
 
 def compact_seed(cams: np.ndarray, threshold: float) -> np.ndarray:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.cam.stages import evaluate_stage
-from weaktr.commands.common import add_config_args, load_run_config, open_run
+from weaktr.commands.common import add_config_args, load_run_config
+from weaktr.runtime.context import open_run
+from weaktr.stages.scoring import evaluate_stage
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def execute(args: argparse.Namespace) -> int:
     name = args.name or pred.name
     evaluate_stage(ctx, pred, split, name, sweep=args.cams, gt=args.gt)
     if ctx.dist.is_main:
-        print(f"metrics: {(ctx.run_dir / 'metrics' / f'{name}.json').resolve()}")
+        print(f"metrics: {ctx.layout.metrics(name).resolve()}")
     return 0
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.api import run_dataset
 from weaktr.config import load_config
 from weaktr.data.dataset import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.export import export_coco
+from weaktr.runtime.context import run_dataset
+from weaktr.runtime.layout import RunLayout
 
 WHAT = {"pseudo_masks": "train_split", "predictions": "val_split"}
 
@@ -42,10 +43,11 @@ def _sources(args: argparse.Namespace) -> tuple[Path, DatasetInfo, str]:
         if args.dataset is None or args.split is None:
             raise InputError("--labels needs --dataset YAML and --split NAME")
         return args.labels, DatasetInfo.load(args.dataset), args.split
-    cfg = load_config(args.run / "config.yaml")
+    run = RunLayout(args.run)
+    cfg = load_config(run.config)
     dataset = DatasetInfo.load(args.dataset) if args.dataset else run_dataset(args.run, cfg.data.dataset)
     split = args.split or getattr(cfg.data, WHAT[args.what])
-    labels = args.run / "pred" / split
+    labels = run.pred(split)
     if not labels.is_dir():
         raise InputError(f"no label maps of split {split!r}: run the predict stage first", labels)
     return labels, dataset, split

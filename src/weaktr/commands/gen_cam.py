@@ -6,15 +6,14 @@ import argparse
 from pathlib import Path
 
 from weaktr.cam.generate import CAM_KINDS
-from weaktr.cam.stages import gen_cam_stage
-from weaktr.commands.common import add_config_args, load_run_config, open_run
-from weaktr.engine.logging import setup_logging
+from weaktr.commands.common import add_config_args, load_run_config
+from weaktr.runtime.context import open_run
+from weaktr.stages.gen_cam import gen_cam_stage
 
 
 def execute(args: argparse.Namespace) -> int:
     ctx = open_run(load_run_config(args))
-    setup_logging(ctx.run_dir, ctx.dist.is_main)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.run_dir / "cam" / "model.safetensors"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.layout.cam_model
     out = gen_cam_stage(ctx, checkpoint, split=args.split, kind=args.kind, out_dir=args.out)
     if ctx.dist.is_main:
         print(f"CAMs: {out.resolve()}")

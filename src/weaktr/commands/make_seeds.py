@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.cam.stages import seeds_stage
-from weaktr.commands.common import add_config_args, load_run_config, open_run
-from weaktr.engine.logging import setup_logging
+from weaktr.commands.common import add_config_args, load_run_config
+from weaktr.runtime.context import open_run
+from weaktr.stages.seeds import seeds_stage
 
 
 def execute(args: argparse.Namespace) -> int:
     ctx = open_run(load_run_config(args))
-    setup_logging(ctx.run_dir, ctx.dist.is_main)
     crf = ctx.cfg.seeds.crf and not args.no_crf
-    cams = Path(args.cams) if args.cams else ctx.run_dir / "cams"
-    out = Path(args.out) if args.out else ctx.run_dir / ("seeds_crf" if crf else "seeds")
+    cams = Path(args.cams) if args.cams else ctx.layout.cams
+    out = Path(args.out) if args.out else ctx.layout.seeds(crf)
     seeds_stage(ctx, cams, crf=crf, out_dir=out)
     if ctx.dist.is_main:
         print(f"seeds: {out.resolve()}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.commands.common import add_config_args, load_run_config, open_run
+from weaktr.commands.common import add_config_args, load_run_config
 from weaktr.errors import InputError
-from weaktr.evaluation.predict import predict_split, sibling_dir
+from weaktr.runtime.context import open_run
+from weaktr.runtime.layout import sibling_dir
+from weaktr.stages.predict import predict_split
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -21,10 +23,10 @@ def execute(args: argparse.Namespace) -> int:
     if args.out and len(splits) != 1:
         raise InputError(f"--out names one folder but {len(splits)} splits are to be predicted: {splits}")
     ctx = open_run(cfg)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.run_dir / "seg" / "model.safetensors"
+    checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.layout.seg_model
     crf = cfg.predict.crf and not args.no_crf
     for split in splits:
-        out = Path(args.out) if args.out else ctx.run_dir / "pred" / split
+        out = Path(args.out) if args.out else ctx.layout.pred(split)
         out = predict_split(ctx, checkpoint, split, out, crf=crf, save_probs=args.save_probs)
         if ctx.dist.is_main:
             print(f"{split}: {out.resolve()}" + ("  (after CRF)" if crf else ""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.engine.distributed import resolve_device
+from weaktr.runtime.distributed import resolve_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

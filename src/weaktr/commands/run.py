@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from weaktr.commands.common import add_config_args, load_run_config, open_run
+from weaktr.commands.common import add_config_args, load_run_config
 from weaktr.pipeline import STAGE_NAMES, format_summary, run_pipeline
+from weaktr.runtime.context import open_run
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +28,11 @@ def execute(args: argparse.Namespace) -> int:
     if ctx.dist.is_main:
         print(format_summary(summary))
         print(f"\nresults: {ctx.run_dir.resolve()}")
-        print(f"  summary: {ctx.run_dir.resolve() / 'summary.json'}")
-        report = ctx.run_dir / "report" / "index.html"
-        if report.is_file():
-            print(f"  report:  {report.resolve()}")
+        lay = ctx.layout
+        print(f"  summary: {lay.summary.resolve()}")
+        print(f"  log:     {lay.log_txt.resolve()}")
+        if lay.report.is_file():
+            print(f"  report:  {lay.report.resolve()}")
     return 0
 
 

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from weaktr.commands.common import add_config_args, load_run_config, open_run
-from weaktr.engine.logging import setup_logging
-from weaktr.engine.train_cam import train_cam
+from weaktr.commands.common import add_config_args, load_run_config
+from weaktr.runtime.context import open_run
+from weaktr.stages.train_cam import train_cam
 
 
 def execute(args: argparse.Namespace) -> int:
     ctx = open_run(load_run_config(args))
-    setup_logging(ctx.run_dir, ctx.dist.is_main)
     model = train_cam(ctx)
     if ctx.dist.is_main:
-        cam = model.parent
+        lay = ctx.layout
         print(f"CAM model: {model.resolve()}")
-        print(f"  log: {(cam / 'log.jsonl').resolve()}; selection: {(cam / 'selection.json').resolve()}")
+        print(f"  log: {lay.cam_log.resolve()}; selection: {lay.cam_selection.resolve()}")
     return 0
 
 

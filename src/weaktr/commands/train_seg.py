@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.commands.common import add_config_args, load_run_config, open_run
-from weaktr.engine.train_seg import train_seg
+from weaktr.commands.common import add_config_args, load_run_config
+from weaktr.runtime.context import open_run
+from weaktr.stages.train_seg import train_seg
 
 
 def execute(args: argparse.Namespace) -> int:
     """Train (or resume) the segmenter; print where the checkpoint and the log are."""
     ctx = open_run(load_run_config(args))
-    default = ctx.run_dir / ("seeds_crf" if ctx.cfg.seeds.crf else "seeds")
+    default = ctx.layout.seeds(ctx.cfg.seeds.crf)
     seeds = Path(args.seeds) if args.seeds else default
     model = train_seg(ctx, seeds, gt_dir=Path(args.gt) if args.gt else None)
     if ctx.dist.is_main:
         print(f"segmenter: {model.resolve()}")
-        print(f"  log:       {(ctx.run_dir / 'seg' / 'log.jsonl').resolve()}")
-        print(f"  selection: {(ctx.run_dir / 'seg' / 'selection.json').resolve()}")
+        print(f"  log:       {ctx.layout.seg_log.resolve()}")
+        print(f"  selection: {ctx.layout.seg_selection.resolve()}")
     return 0
 
 

@@ -20,9 +20,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from weaktr.engine.distributed import unwrap_model
 from weaktr.errors import InputError
 from weaktr.io import atomic_write
+from weaktr.runtime.distributed import unwrap_model
 
 STATE_KEY = "weaktr_training_state"
 FORMAT_VERSION = 1

@@ -19,9 +19,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from weaktr.cam.generate import load_cams
 from weaktr.errors import InputError
-from weaktr.io import write_json
+from weaktr.io import load_cams, write_json
 
 PER_CLASS = ("iou", "precision", "recall", "fp", "fn")
 

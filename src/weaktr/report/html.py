@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from weaktr.api import run_dataset
 from weaktr.config import RunConfig, load_config
 from weaktr.data.dataset import DatasetInfo, voc_palette
 from weaktr.data.images import load_image, load_label_map
-from weaktr.engine.logging import format_seconds
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, read_json
 from weaktr.models.cam import CAMNet, load_cam_model
 from weaktr.models.timm_factory import normalisation
 from weaktr.report import figures
+from weaktr.runtime.context import run_dataset
+from weaktr.runtime.logging import format_seconds
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,9 @@ LOCAL_RANK), never from ``--local_rank`` flags, which broke the authors' launche
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -95,6 +94,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_value(value: T) -> T:
+    """Rank 0's value on every rank (a no-op in one process)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     """Wait for all ranks (no-op in one process)."""
     if is_distributed():
@@ -122,14 +130,3 @@ def seed_everything(seed: int, rank: int = 0) -> int:
     np.random.seed(value)
     torch.manual_seed(value)  # also seeds every CUDA device
     return value
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, enabled: bool, cpu: bool = False) -> Iterator[None]:
-    """bf16 autocast when ``enabled`` on CUDA; on CPU only if ``cpu`` is also set (config ``amp_cpu``).
-
-    Parity and CPU runs stay float32 unless asked otherwise, because CPU bf16 is slower on most CPUs.
-    """
-    active = enabled and (device.type == "cuda" or (cpu and device.type == "cpu"))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=active):
-        yield

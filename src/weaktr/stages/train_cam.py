@@ -24,18 +24,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from weaktr.cam.stages import gt_dir, sweep_range, write_split_cams
-from weaktr.commands.common import RunContext
 from weaktr.data.dataset import ClassificationDataset
 from weaktr.data.transforms import cam_train_transform
-from weaktr.engine.distributed import (
-    all_reduce_sum,
-    barrier,
-    per_rank_batch,
-    seed_everything,
-    wrap_ddp,
-)
-from weaktr.engine.logging import JsonlLogger, format_seconds, progress
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
 from weaktr.engine.state import load_training_state, read_state_extra, save_training_state
 from weaktr.errors import InputError
@@ -43,6 +33,17 @@ from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.io import write_json
 from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
 from weaktr.models.timm_factory import normalisation
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import (
+    all_reduce_sum,
+    barrier,
+    per_rank_batch,
+    seed_everything,
+    wrap_ddp,
+)
+from weaktr.runtime.logging import JsonlLogger, format_seconds, progress
+from weaktr.stages.gen_cam import write_split_cams
+from weaktr.stages.scoring import gt_dir, sweep_range
 
 log = logging.getLogger("weaktr")
 LOSS_KEYS = ("cls", "coarse", "fine", "total")
@@ -138,9 +139,7 @@ def _train_epoch(
     for it, (images, targets) in enumerate(bar):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        losses = train_step(
-            model, images, targets, optimizer, tc.amp and (device.type == "cuda" or ctx.cfg.amp_cpu)
-        )
+        losses = train_step(model, images, targets, optimizer, ctx.amp(tc.amp))
         step_losses = torch.stack([losses[k] for k in LOSS_KEYS])
         totals += step_losses
         window += step_losses
@@ -164,7 +163,7 @@ def _train_epoch(
 def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
     """(mIoU, threshold) of scale-1.0+flip CAMs on data.cam_eval_split (rank 0; others get NaNs)."""
     split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
-    work = ctx.run_dir / "cam" / "select_cams"
+    work = ctx.layout.cam_select_work
     if ctx.dist.is_main:
         shutil.rmtree(work, ignore_errors=True)
     barrier()
@@ -183,7 +182,7 @@ def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
 
 def _select(ctx: RunContext, model: CAMNet, epoch: int, selection: dict[str, Any]) -> dict[str, Any]:
     """Save model.safetensors if this epoch is the one to keep; returns the updated selection record."""
-    out = ctx.run_dir / "cam" / "model.safetensors"
+    out = ctx.layout.cam_model
     if selection["mode"] == "last":
         if ctx.dist.is_main:
             save_cam_model(out, model)
@@ -200,7 +199,7 @@ def _select(ctx: RunContext, model: CAMNet, epoch: int, selection: dict[str, Any
 def train_cam(ctx: RunContext) -> Path:
     """Train (or resume training) the CAM network of ``ctx.cfg``; returns the selected checkpoint."""
     cfg, tc = ctx.cfg, ctx.cfg.cam_train
-    out_dir = ctx.run_dir / "cam"
+    lay = ctx.layout
     model_cfg = CAMConfig.from_dict(cfg.cam_model)
     _check_classes(ctx, model_cfg)
     split = cfg.data.cam_eval_split or cfg.data.train_split
@@ -213,7 +212,7 @@ def train_cam(ctx: RunContext) -> Path:
     dataset = _dataset(ctx, model_cfg)
     selection: dict[str, Any] = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
     start = 0
-    state_path = out_dir / "state.safetensors"
+    state_path = lay.cam_state
     # What a resumed run must share with the saved one (epochs may grow: a killed run is rerun).
     setup = json.loads(
         json.dumps(
@@ -240,7 +239,7 @@ def train_cam(ctx: RunContext) -> Path:
         log.info("train-cam: resuming after epoch %d of %d from %s", start, tc.epochs, state_path)
     # The backbone's final norm is loaded but never applied (golden O1): DDP must allow unused params.
     ddp = wrap_ddp(model, find_unused_parameters=True)
-    with JsonlLogger(out_dir / "log.jsonl", enabled=ctx.dist.is_main) as jlog:
+    with JsonlLogger(lay.cam_log, enabled=ctx.dist.is_main) as jlog:
         jlog.log(
             event="resume" if start else "start",
             epoch=start,
@@ -267,7 +266,7 @@ def train_cam(ctx: RunContext) -> Path:
                     (epoch + 1) * len(loader),
                     extra={"selection": selection, "setup": setup},
                 )
-                write_json(out_dir / "selection.json", selection)
+                write_json(lay.cam_selection, selection)
             seconds = time.perf_counter() - tic
             jlog.log(event="epoch", epoch=epoch + 1, lr=lr, seconds=seconds, iters=len(loader), **means)
             if selection["history"]:
@@ -285,4 +284,4 @@ def train_cam(ctx: RunContext) -> Path:
             )
             barrier()
         jlog.log(event="done", select_checkpoint=tc.select_checkpoint, kept_epoch=selection["epoch"])
-    return out_dir / "model.safetensors"
+    return lay.cam_model

@@ -23,32 +23,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weaktr.commands.common import RunContext
 from weaktr.crf import CRFParams, softmax_crf
 from weaktr.data.dataset import voc_palette
 from weaktr.data.images import load_image
-from weaktr.engine.distributed import barrier, shard
-from weaktr.engine.logging import progress
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_probs
-from weaktr.io import atomic_write, save_label_png
+from weaktr.io import save_label_png, write_probs
 from weaktr.models.segmenter import load_segmenter
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import barrier, shard
+from weaktr.runtime.layout import sibling_dir
+from weaktr.runtime.logging import progress
 
 log = logging.getLogger("weaktr")
 CRFJob = tuple[np.ndarray, np.ndarray, np.ndarray, CRFParams, Path, list[int] | None]
-
-
-def sibling_dir(out_dir: Path, suffix: str) -> Path:
-    """``<out_dir><suffix>`` beside ``out_dir`` (``pred/val`` → ``pred/val_nocrf``)."""
-    return out_dir.parent / f"{out_dir.name}{suffix}"
-
-
-def write_probs(path: Path, probs: np.ndarray, classes: np.ndarray) -> None:
-    """Write one image's present-class probabilities (float16) and their label ids, atomically."""
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(
-            f, probs=np.asarray(probs, dtype=np.float16), classes=np.asarray(classes, dtype=np.int64)
-        )
 
 
 def _crf_job(job: CRFJob) -> None:
@@ -90,7 +78,7 @@ def predict_split(
     ctx: RunContext, model_path: Path, split: str, out_dir: Path, crf: bool, save_probs: bool = False
 ) -> Path:
     """Write the predictions of ``split`` to ``out_dir`` (see the module docstring); returns ``out_dir``."""
-    cfg, info, p = ctx.cfg, ctx.dataset, ctx.cfg.predict
+    info, p = ctx.dataset, ctx.cfg.predict
     out_dir = Path(out_dir)
     nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
     model = load_segmenter(model_path, ctx.device)
@@ -108,7 +96,7 @@ def predict_split(
     ]
     palette = voc_palette() if info.palette == "voc" else None
     params = CRFParams.preset(f"{p.crf_preset}_softmax", **p.crf_params.set_values()) if crf else None
-    amp = p.amp and (ctx.device.type == "cuda" or cfg.amp_cpu)
+    amp = ctx.amp(p.amp)
     weight = p.ensemble_weight or None
     workers = p.workers or max(1, len(os.sched_getaffinity(0)) // ctx.dist.world)
     if len(todo) < len(ids):

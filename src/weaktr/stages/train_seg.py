@@ -31,19 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from weaktr.commands.common import RunContext
 from weaktr.data.dataset import DatasetInfo, SegmentationDataset, short_list
 from weaktr.data.images import load_image, load_label_map
 from weaktr.data.transforms import SegTrainTransform
-from weaktr.engine.distributed import (
-    autocast,
-    barrier,
-    per_rank_batch,
-    seed_everything,
-    shard,
-    wrap_ddp,
-)
-from weaktr.engine.logging import JsonlLogger, format_seconds, progress
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.state import load_training_state, save_training_state
 from weaktr.errors import InputError
@@ -53,6 +43,15 @@ from weaktr.io import write_json
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter, param_groups, save_segmenter
 from weaktr.models.timm_factory import normalisation
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import (
+    barrier,
+    per_rank_batch,
+    seed_everything,
+    shard,
+    wrap_ddp,
+)
+from weaktr.runtime.logging import JsonlLogger, format_seconds, progress
 
 log = logging.getLogger("weaktr")
 GC_MODES: dict[str, GCMode] = {"code": "batch", "per_image": "per_image", "none": "naive"}
@@ -217,7 +216,7 @@ class _Meter:
 def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[str, Any]:
     """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced)."""
     info, p, st = ctx.dataset, ctx.cfg.predict, ctx.cfg.seg_train
-    amp = st.amp and (ctx.device.type == "cuda" or ctx.cfg.amp_cpu)
+    amp = ctx.amp(st.amp)
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
     with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
@@ -268,8 +267,7 @@ def train_seg(ctx: RunContext, label_dir: Path, gt_dir: Path | None = None) -> P
     to log the precision of the pixels the gradient-clipping loss keeps.
     """
     cfg, st = ctx.cfg, ctx.cfg.seg_train
-    out_dir = ctx.run_dir / "seg"
-    model_path, state_path = out_dir / "model.safetensors", out_dir / "state.safetensors"
+    model_path, state_path = ctx.layout.seg_model, ctx.layout.seg_state
     seg_cfg = SegConfig.from_dict(cfg.seg_model)
     eval_split = _check_setup(ctx, seg_cfg)
     dataset, with_gt = _datasets(ctx, seg_cfg, Path(label_dir), None if gt_dir is None else Path(gt_dir))
@@ -310,7 +308,7 @@ def train_seg(ctx: RunContext, label_dir: Path, gt_dir: Path | None = None) -> P
             return model_path
     ddp = wrap_ddp(model)
     gc_mode = GC_MODES[st.gc.mode]
-    with JsonlLogger(out_dir / "log.jsonl", enabled=ctx.dist.is_main) as jlog:
+    with JsonlLogger(ctx.layout.seg_log, enabled=ctx.dist.is_main) as jlog:
         jlog.log(
             event="resume" if start else "start",
             epoch=start,
@@ -350,7 +348,7 @@ def train_seg(ctx: RunContext, label_dir: Path, gt_dir: Path | None = None) -> P
                     (epoch + 1) * iters,
                     extra={"setup": setup, "selection": selection},
                 )
-                write_json(out_dir / "selection.json", selection)
+                write_json(ctx.layout.seg_selection, selection)
             record["seconds"] = time.perf_counter() - tic
             jlog.log(record)
             log.info(
@@ -390,7 +388,7 @@ def _train_epoch(
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         target, gt = (masks[:, 0], masks[:, 1]) if with_gt else (masks, None)
-        with autocast(device, st.amp, ctx.cfg.amp_cpu):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.amp(st.amp)):
             logits = model(images)
         loss, stats = gradient_clipping_loss(logits.float(), target, st.gc.tau, st.gc.cell, gc_mode)
         value = float(loss.detach())

@@ -16,7 +16,7 @@ from typing import IO, Any, TypeVar
 
 from tqdm import tqdm
 
-from weaktr.engine.distributed import is_main_process
+from weaktr.runtime.distributed import is_main_process
 
 T = TypeVar("T")
 LOGGER_NAME = "weaktr"

@@ -1,0 +1,84 @@
+"""The run a stage works in: its merged config, run directory layout, data set and process placement.
+
+:func:`open_run` is the one door into a run: it joins torchrun when launched by it, sets threads,
+starts ``log.txt``, saves the merged config beside the outputs and prepares the data set, so that a
+stage run alone (``weaktr gen-cam``) does exactly what it does inside ``weaktr run``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from weaktr.config import RunConfig, save_config
+from weaktr.data.dataset import DatasetInfo
+from weaktr.data.demo import generate_demo
+from weaktr.errors import InputError
+from weaktr.runtime.distributed import DistInfo, init_distributed
+from weaktr.runtime.layout import RunLayout
+from weaktr.runtime.logging import setup_logging
+
+
+@dataclass
+class RunContext:
+    """A loaded config with its run directory, data set and process placement."""
+
+    cfg: RunConfig
+    run_dir: Path
+    dataset: DatasetInfo
+    dist: DistInfo
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
+    def amp(self, requested: bool) -> bool:
+        """The one AMP rule: bf16 where a section asks for it, on CUDA, or on the CPU with ``amp_cpu``."""
+        return requested and (self.device.type == "cuda" or self.cfg.amp_cpu)
+
+
+def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
+    """The prepared data set of ``cfg.data``; ``demo`` is generated into the run's data folder first."""
+    if cfg.data.dataset == "demo":
+        d = cfg.data.demo
+        out = RunLayout(run_dir).demo_data
+        return generate_demo(out, d.n_train, d.n_val, d.size, d.n_classes, d.seed, workers=2)
+    return DatasetInfo.load(cfg.data.dataset)
+
+
+def run_dataset(run_dir: str | Path, dataset: str) -> DatasetInfo:
+    """The prepared data set of a finished run (``data.dataset``), without generating anything.
+
+    The built-in demo lives in the run's data folder; a relative path is tried from the current folder
+    (where ``weaktr run`` was started), then from the run directory.
+    """
+    run_dir = Path(run_dir)
+    candidates = [RunLayout(run_dir).demo_data] if dataset == "demo" else [Path(dataset), run_dir / dataset]
+    for cand in candidates:
+        if (cand / "dataset.yaml").is_file() if cand.is_dir() else cand.is_file():
+            return DatasetInfo.load(cand)
+    raise InputError("data set of the run not found", candidates[0])
+
+
+def open_run(cfg: RunConfig, save: bool = True) -> RunContext:
+    """Join torchrun (if launched by it), set threads, log to ``log.txt``, save the config, get the data."""
+    dist = init_distributed(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir, is_main=dist.is_main)
+    if dist.is_main and save:
+        save_config(cfg, RunLayout(run_dir).config)
+    dataset = resolve_dataset(cfg, run_dir) if dist.is_main else None
+    if dist.world > 1:
+        torch.distributed.barrier()
+        dataset = dataset or resolve_dataset(cfg, run_dir)
+    assert dataset is not None
+    return RunContext(cfg=cfg, run_dir=run_dir, dataset=dataset, dist=dist)

@@ -1,0 +1,154 @@
+"""Where every artefact of a run directory lives: the one place that spells a run's file names.
+
+Stages, the report, the API and the commands all ask a :class:`RunLayout` for paths, so a rename here
+moves an artefact everywhere at once, and a reader never guesses where a writer put something.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_FILE = "model.safetensors"  # weights + the config that rebuilds the model (weaktr.io)
+STATE_FILE = "state.safetensors"  # resumable training state
+TRAIN_LOG = "log.jsonl"  # one JSON record per logged iteration / epoch
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory (nothing is created by asking)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | Path) -> RunLayout:
+        return cls(Path(run_dir))
+
+    # -- the run as a whole -------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        """The merged config, which ``weaktr run`` accepts again."""
+        return self.root / "config.yaml"
+
+    @property
+    def log_txt(self) -> Path:
+        """Everything the run logged, across calls (appended on resume)."""
+        return self.root / "log.txt"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def demo_data(self) -> Path:
+        """The generated demo data set (``data.dataset: demo``)."""
+        return self.root / "data"
+
+    def stage_marker(self, stage: str) -> Path:
+        """Written when a pipeline stage completes; a stage with a marker is skipped on resume."""
+        return self.stages / f"{stage}.json"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages"
+
+    # -- phase 1: the CAM network, its CAMs and seeds -----------------------------------------------
+    @property
+    def cam(self) -> Path:
+        return self.root / "cam"
+
+    @property
+    def cam_model(self) -> Path:
+        return self.cam / MODEL_FILE
+
+    @property
+    def cam_state(self) -> Path:
+        return self.cam / STATE_FILE
+
+    @property
+    def cam_log(self) -> Path:
+        return self.cam / TRAIN_LOG
+
+    @property
+    def cam_selection(self) -> Path:
+        """Which epoch's CAM network was kept, and why."""
+        return self.cam / "selection.json"
+
+    @property
+    def cam_select_work(self) -> Path:
+        """Scratch CAMs of the per-epoch GT selection (removed when training ends)."""
+        return self.cam / "select_cams"
+
+    @property
+    def cams(self) -> Path:
+        """The CAMs the seeds are made from (``<id>.npz``)."""
+        return self.root / "cams"
+
+    def cams_of(self, kind: str) -> Path:
+        """CAMs of another kind (coarse, fused, refined), scored for the report only."""
+        return self.root / f"cams_{kind}"
+
+    def seeds(self, crf: bool) -> Path:
+        """Seed label PNGs, before or after the label CRF."""
+        return self.root / ("seeds_crf" if crf else "seeds")
+
+    @property
+    def views(self) -> Path:
+        """CAM / attention views of a few sample images, drawn by a stage for the report."""
+        return self.root / "views"
+
+    # -- phase 2: the segmenter and its predictions -------------------------------------------------
+    @property
+    def seg(self) -> Path:
+        return self.root / "seg"
+
+    @property
+    def seg_model(self) -> Path:
+        return self.seg / MODEL_FILE
+
+    @property
+    def seg_state(self) -> Path:
+        return self.seg / STATE_FILE
+
+    @property
+    def seg_log(self) -> Path:
+        return self.seg / TRAIN_LOG
+
+    @property
+    def seg_selection(self) -> Path:
+        """Which epoch's segmenter was kept, and why."""
+        return self.seg / "selection.json"
+
+    @property
+    def pred_root(self) -> Path:
+        return self.root / "pred"
+
+    def pred(self, split: str) -> Path:
+        """Predicted label PNGs of a split (after the softmax CRF when it is on)."""
+        return self.pred_root / split
+
+    # -- scores and the report ----------------------------------------------------------------------
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    def metrics(self, name: str) -> Path:
+        return self.metrics_dir / f"{name}.json"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report(self) -> Path:
+        return self.report_dir / "index.html"
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard event files (when tensorboard is installed)."""
+        return self.root / "tb"
+
+
+def sibling_dir(out_dir: Path, suffix: str) -> Path:
+    """``<out_dir><suffix>`` beside ``out_dir`` (``pred/val`` → ``pred/val_nocrf``)."""
+    return out_dir.parent / f"{out_dir.name}{suffix}"

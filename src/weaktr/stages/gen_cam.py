@@ -1,0 +1,110 @@
+"""The gen-cam stage: multi-scale + flip CAMs of a split, sharded over torchrun ranks, resumable.
+
+Images whose CAM file exists are skipped, so a killed stage resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from weaktr.cam.generate import CAM_KINDS, DEFAULT_MAX_PIXELS, generate_cams
+from weaktr.data.dataset import DatasetInfo
+from weaktr.errors import InputError
+from weaktr.models.cam import load_cam_model
+from weaktr.models.timm_factory import normalisation
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import barrier
+
+log = logging.getLogger("weaktr")
+
+
+def cam_items(info: DatasetInfo, split: str) -> list[tuple[str, Path, list[int]]]:
+    """(id, image path, foreground label ids) of every image of ``split``."""
+    labels = info.labels()
+    ids = info.ids(split)
+    missing = [i for i in ids if i not in labels]
+    if missing:
+        raise InputError(
+            f"no image-level labels for {len(missing)} image(s) of split {split!r} (first: {missing[0]!r})",
+            info.path(info.image_labels),
+        )
+    return [(i, info.image_path(i), labels[i]) for i in ids]
+
+
+def cam_amp(ctx: RunContext) -> bool:
+    """bf16 for CAM generation: on CUDA when cam_gen.amp, on the CPU only with amp_cpu as well."""
+    return ctx.amp(ctx.cfg.cam_gen.amp)
+
+
+def resolve_kind(ctx: RunContext, kind: str) -> str:
+    """'default' follows cam_gen.refine when it is set, else the model's own refine flag."""
+    if kind not in CAM_KINDS:
+        raise InputError(f"unknown CAM kind {kind!r}; choose one of {', '.join(CAM_KINDS)}")
+    refine = ctx.cfg.cam_gen.refine
+    if kind == "default" and refine is not None:
+        return "refined" if refine else "fused"
+    return kind
+
+
+def write_split_cams(
+    ctx: RunContext,
+    model: Any,
+    split: str,
+    out_dir: Path,
+    scales: Sequence[float],
+    kind: str = "default",
+    progress: bool = True,
+    also: Mapping[str, Path] | None = None,
+) -> Path:
+    """CAMs of ``split`` with an already loaded model, sharded over ranks; all ranks return together.
+
+    ``also`` maps further CAM kinds to folders, written from the same forwards."""
+    mean, std = normalisation(model.config.backbone)
+    generate_cams(
+        model,
+        cam_items(ctx.dataset, split),
+        out_dir,
+        scales,
+        mean,
+        std,
+        ctx.device,
+        amp=cam_amp(ctx),
+        rank=ctx.dist.rank,
+        world=ctx.dist.world,
+        progress=progress,
+        kind=resolve_kind(ctx, kind),
+        flip=ctx.cfg.cam_gen.flip,
+        max_pixels=DEFAULT_MAX_PIXELS * (4 if ctx.device.type == "cuda" else 1),
+        num_workers=ctx.cfg.cam_gen.num_workers,
+        also={resolve_kind(ctx, k): d for k, d in (also or {}).items()},
+    )
+    barrier()
+    return out_dir
+
+
+def gen_cam_stage(
+    ctx: RunContext,
+    model_path: str | Path,
+    split: str | None = None,
+    kind: str = "default",
+    out_dir: str | Path | None = None,
+    also: Mapping[str, Path] | None = None,
+) -> Path:
+    """Multi-scale CAMs of ``split`` (default data.train_split) into ``out_dir`` (default run_dir/cams);
+    ``also`` maps further kinds to folders, written from the same forwards."""
+    split = split or ctx.cfg.data.train_split
+    out = Path(out_dir) if out_dir is not None else ctx.run_dir / "cams"
+    model = load_cam_model(model_path, ctx.device)
+    if model.config.num_classes != ctx.dataset.num_fg:
+        raise InputError(
+            f"the CAM model has {model.config.num_classes} classes but data set "
+            f"{ctx.dataset.name!r} has {ctx.dataset.num_fg}",
+            model_path,
+        )
+    log.info("gen-cam: %s CAMs of split %r → %s", kind, split, out)
+    for k, d in (also or {}).items():
+        log.info("gen-cam: and %s CAMs → %s", k, d)
+    return write_split_cams(ctx, model, split, out, ctx.cfg.cam_gen.scales, kind, also=also)
