@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pytest
 import yaml
 
@@ -14,6 +18,33 @@ from weaktr.config import (
     save_config,
 )
 from weaktr.errors import InputError
+
+# load_config(name).to_dict() of every packaged config (and of the defaults), captured from the
+# hand-written loader before the move to OmegaConf: the loader may change, these values may not.
+VALUES_FILE = Path(__file__).parent / "fixtures" / "packaged_config_values.json"
+DEFAULTS = "(defaults)"
+EXPECTED = json.loads(VALUES_FILE.read_text())
+
+
+def _leaves(value: Any, key: str = "") -> dict[str, tuple[str, Any]]:
+    """Dotted key -> (type name, value): 1 == 1.0 in Python, so the type is compared too."""
+    if isinstance(value, dict) and value:
+        children = [(f"{key}.{n}" if key else n, item) for n, item in value.items()]
+    elif isinstance(value, list) and value:
+        children = [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+    else:
+        return {key: (type(value).__name__, value)}
+    return {k: v for child_key, item in children for k, v in _leaves(item, child_key).items()}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_packaged_config_keeps_its_captured_values(name):
+    cfg = load_config(None if name == DEFAULTS else name)
+    assert _leaves(cfg.to_dict()) == _leaves(EXPECTED[name])
+
+
+def test_captured_values_cover_every_packaged_config():
+    assert set(packaged_configs()) == set(EXPECTED) - {DEFAULTS}
 
 
 def test_defaults_are_the_documented_voc_run():
