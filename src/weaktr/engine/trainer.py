@@ -12,7 +12,10 @@ step, loss and checkpoint selection. What makes a run resumable lives here once:
   atomically and in this order, so that a state never names a kept model that was not written;
 * a state made with other settings is refused before anything is loaded, naming what changed;
 * a loss that is no longer finite stops the run with one line naming the log; nothing of the
-  diverged epoch is saved.
+  diverged epoch is saved;
+* the JSONL records are mirrored as TensorBoard scalars, and after each epoch's state is saved the
+  phase may draw image grids (main rank, model in eval mode without gradients): every RNG is
+  reseeded at the next epoch's start, so drawing cannot change training.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -34,9 +38,12 @@ from weaktr.io import write_json
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier, per_rank_batch, seed_everything, wrap_ddp
 from weaktr.runtime.logging import JsonlLogger, format_seconds
+from weaktr.runtime.tensorboard import Board
 
 log = logging.getLogger("weaktr")
 EPOCH_SEED_STRIDE = 1000  # epoch e of rank r seeds with seed + 1000·e + r (epoch 0: the authors' seed + r)
+GRID_IMAGES = 4  # images per TensorBoard grid: the first of a split, the same at every evaluation
+_STEP_KEYS = ("event", "epoch", "iter", "step")  # JSONL fields that place a record, not measure it
 
 
 class TrainSection(Protocol):
@@ -82,7 +89,8 @@ class EpochTrainer:
         self.cfg: TrainSection = getattr(ctx.cfg, self.section)
         self.setup: dict[str, Any] = {}
         self.start = 0
-        self.jlog = JsonlLogger(files.log, enabled=False)  # the real one is opened by fit
+        self.jlog = JsonlLogger(files.log, enabled=False)  # the real ones are opened by fit
+        self.board = Board(ctx.layout.tensorboard, enabled=False)
 
     # -- what a phase supplies --------------------------------------------------------------------
     def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
@@ -103,6 +111,10 @@ class EpochTrainer:
 
     def done_fields(self) -> dict[str, Any]:
         """Extra fields of the final ``done`` record."""
+        return {}
+
+    def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        """TensorBoard image grids (RGB uint8) of this epoch by tag; called only when they are written."""
         return {}
 
     # -- seeds, data, resume ----------------------------------------------------------------------
@@ -180,15 +192,38 @@ class EpochTrainer:
             self.files.log,
         )
 
-    def log_iter(self, record: dict[str, Any]) -> None:
-        """One ``iter`` record of the JSONL log."""
+    def log_iter(self, record: dict[str, Any], step: int) -> None:
+        """One ``iter`` record of the JSONL log, and its numbers as scalars at global iteration ``step``."""
         self.jlog.log(event="iter", **record)
+        self._scalars("iter", record, step)
+
+    def _scalars(self, kind: str, record: dict[str, Any], step: int) -> None:
+        self.board.scalars(
+            f"{self.name}/{kind}", {k: v for k, v in record.items() if k not in _STEP_KEYS}, step
+        )
+
+    def _draw(self, epoch: int, record: dict[str, Any]) -> None:
+        """The phase's image grids of this epoch (main rank; train mode restored afterwards)."""
+        if not self.board.active:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for tag, image in self.images(epoch, record).items():
+                    self.board.image(f"{self.name}/{tag}", image, epoch + 1)
+        finally:
+            self.model.train(was_training)
 
     def fit(self, **start_fields: Any) -> Path:
         """Train the epochs left after :meth:`resume`; returns the kept model's path."""
         files, main = self.files, self.ctx.dist.is_main
         self.ddp = wrap_ddp(self.model, find_unused_parameters=self.find_unused_parameters)
-        with JsonlLogger(files.log, enabled=main) as self.jlog:
+        board = main and self.ctx.cfg.tensorboard
+        with (
+            JsonlLogger(files.log, enabled=main) as self.jlog,
+            Board(self.ctx.layout.tensorboard, enabled=board) as self.board,
+        ):
             self.jlog.log(event="resume" if self.start else "start", epoch=self.start, **start_fields)
             for epoch in range(self.start, self.cfg.epochs):
                 tic = time.perf_counter()
@@ -216,10 +251,12 @@ class EpochTrainer:
                     write_json(files.selection, self.selection)
                 record["seconds"] = time.perf_counter() - tic
                 self.jlog.log(record)
+                self._scalars("epoch", record, epoch + 1)
                 if len(self.selection["history"]) > evaluated:
-                    self.jlog.log(
-                        event="select", **self.selection["history"][-1], kept_epoch=self.selection["epoch"]
-                    )
+                    chosen = {**self.selection["history"][-1], "kept_epoch": self.selection["epoch"]}
+                    self.jlog.log(event="select", **chosen)
+                    self._scalars("select", chosen, epoch + 1)
+                self._draw(epoch, record)
                 log.info(
                     "%s epoch %d/%d: %s, %s",
                     self.name,

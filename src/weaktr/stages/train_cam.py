@@ -17,13 +17,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from weaktr.cam.generate import multiscale_cam
 from weaktr.data.dataset import ClassificationDataset
+from weaktr.data.images import load_image
 from weaktr.data.transforms import cam_train_transform
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
-from weaktr.engine.trainer import EpochTrainer, PhaseFiles
+from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
@@ -31,7 +34,8 @@ from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import all_reduce_sum, barrier
 from weaktr.runtime.logging import progress
-from weaktr.stages.gen_cam import write_split_cams
+from weaktr.runtime.tensorboard import grid, heat_panel
+from weaktr.stages.gen_cam import cam_items, resolve_kind, write_split_cams
 from weaktr.stages.scoring import gt_dir, sweep_range
 
 log = logging.getLogger("weaktr")
@@ -162,7 +166,7 @@ class CamTrainer(EpochTrainer):
                     first = next((i for i, t in enumerate(recent) if not torch.isfinite(t)), len(recent) - 1)
                     self.diverged(float(recent[first]), epoch, it + 2 - len(recent) + first)
                 step = epoch * len(loader) + it + 1
-                self.log_iter({"epoch": epoch + 1, "iter": it + 1, "step": step, "lr": lr, **means})
+                self.log_iter({"epoch": epoch + 1, "iter": it + 1, "step": step, "lr": lr, **means}, step)
                 bar.set_postfix(loss=f"{means['total']:.4f}", lr=f"{lr:.2e}")
                 window.zero_()
                 recent.clear()
@@ -196,6 +200,18 @@ class CamTrainer(EpochTrainer):
 
     def done_fields(self) -> dict[str, Any]:
         return {"select_checkpoint": self.tc.select_checkpoint}
+
+    def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Each fixed train image beside the scale-1.0+flip CAMs of its first three classes."""
+        ctx, model = self.ctx, self.cam_model
+        mean, std = normalisation(model.config.backbone)
+        kind = resolve_kind(ctx, "default")
+        rows = []
+        for _, path, labels in cam_items(ctx.dataset, ctx.cfg.data.train_split)[:GRID_IMAGES]:
+            image = load_image(path)
+            cams, _ = multiscale_cam(model, image, labels, [1.0], mean, std, ctx.device, kind=kind)
+            rows.append([image, *(heat_panel(c.numpy()) for c in cams[:3])])
+        return {"cams": grid(rows)}
 
 
 def train_cam(ctx: RunContext) -> Path:

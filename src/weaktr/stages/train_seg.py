@@ -29,7 +29,7 @@ from weaktr.data.images import load_image, load_label_map
 from weaktr.data.seed_labels import SeedAndGTTransform, SeedGTDataset, check_label_maps
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
-from weaktr.engine.trainer import EpochTrainer, PhaseFiles
+from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
@@ -39,6 +39,7 @@ from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import shard
 from weaktr.runtime.logging import progress
+from weaktr.runtime.tensorboard import grid, label_panel
 
 log = logging.getLogger("weaktr")
 GC_MODES: dict[str, GCMode] = {"code": "batch", "per_image": "per_image", "none": "naive"}
@@ -110,26 +111,33 @@ class _Meter:
         return out
 
 
+def _predict(ctx: RunContext, model: Segmenter, image: np.ndarray) -> torch.Tensor:
+    """Single-scale sliding-window labels (H, W) of one image, as the per-epoch evaluation scores them."""
+    p = ctx.cfg.predict
+    logits = predict_logits(
+        model,
+        image,
+        window=p.window,
+        stride=p.stride,
+        device=ctx.device,
+        amp=ctx.amp(ctx.cfg.seg_train.amp),
+        base_size=p.base_size,
+        window_batch=p.window_batch,
+    )
+    return logits.argmax(0)
+
+
 def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[str, Any]:
     """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced)."""
-    info, p, st = ctx.dataset, ctx.cfg.predict, ctx.cfg.seg_train
-    amp = ctx.amp(st.amp)
+    info = ctx.dataset
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
-    with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+    with inference_precision(
+        model, ctx.device, ctx.amp(ctx.cfg.seg_train.amp)
+    ):  # one bf16 copy for the split
         for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
             image = load_image(info.image_path(image_id))
-            logits = predict_logits(
-                model,
-                image,
-                window=p.window,
-                stride=p.stride,
-                device=ctx.device,
-                amp=amp,
-                base_size=p.base_size,
-                window_batch=p.window_batch,
-            )
-            cm.update(logits.argmax(0), load_label_map(info.mask_path(image_id), image.shape[:2]))
+            cm.update(_predict(ctx, model, image), load_label_map(info.mask_path(image_id), image.shape[:2]))
     cm.all_reduce()
     return cm.scores()
 
@@ -230,7 +238,9 @@ class SegTrainer(EpochTrainer):
                 loss=f"{live['loss']:.4f}", clipped=f"{100 * live['clipped_fraction']:.1f}%", refresh=False
             )
             if (it + 1) % st.log_every == 0 or it + 1 == len(loader):
-                self.log_iter({"epoch": epoch + 1, "iter": step + 1, "lr": lr, **span.record(with_gt)})
+                self.log_iter(
+                    {"epoch": epoch + 1, "iter": step + 1, "lr": lr, **span.record(with_gt)}, step + 1
+                )
                 span = _Meter()
         return epoch_meter.record(with_gt)
 
@@ -259,6 +269,24 @@ class SegTrainer(EpochTrainer):
 
     def done_fields(self) -> dict[str, Any]:
         return {"val_miou": self.selection["val_miou"]}
+
+    def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        """At evaluations: fixed train images with seed and prediction, val images with GT and prediction."""
+        if self.eval_split is None or "val_miou" not in record:
+            return {}
+        info, grids = self.ctx.dataset, {}
+        for tag, split, labels in (
+            ("seeds", self.ctx.cfg.data.train_split, lambda i: self.label_dir / f"{i}.png"),
+            ("val", self.eval_split, info.mask_path),
+        ):
+            rows = []
+            for image_id in info.ids(split)[:GRID_IMAGES]:
+                image = load_image(info.image_path(image_id))
+                shown = load_label_map(labels(image_id), image.shape[:2])
+                predicted = _predict(self.ctx, self.seg_model, image).cpu().numpy().astype(np.uint8)
+                rows.append([image, label_panel(shown), label_panel(predicted)])
+            grids[tag] = grid(rows)
+        return grids
 
 
 def train_seg(ctx: RunContext, label_dir: Path, gt_dir: Path | None = None) -> Path:
