@@ -34,26 +34,26 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "dataset.yaml"
 
 
-def tiny_config(data: Path, run_dir: Path, *overrides: str) -> RunConfig:
+def tiny_overrides(data: Path, run_dir: Path) -> list[str]:
     """The demo config shrunk to seconds: 4 iterations per epoch of a one-block model on the CPU."""
-    return load_config(
-        "demo",
-        [
-            f"data.dataset={data}",
-            f"run_dir={run_dir}",
-            "device=cpu",
-            TINY_MODEL,
-            "cam_train.epochs=2",
-            "cam_train.batch_size=4",
-            "cam_train.img_size=48",
-            "cam_train.num_workers=0",
-            "cam_train.log_every=2",
-            "cam_train.warmup_epochs=1",
-            "cam_gen.num_workers=0",
-            "seeds.workers=1",
-            *overrides,
-        ],
-    )
+    return [
+        f"data.dataset={data}",
+        f"run_dir={run_dir}",
+        "device=cpu",
+        TINY_MODEL,
+        "cam_train.epochs=2",
+        "cam_train.batch_size=4",
+        "cam_train.img_size=48",
+        "cam_train.num_workers=0",
+        "cam_train.log_every=2",
+        "cam_train.warmup_epochs=1",
+        "cam_gen.num_workers=0",
+        "seeds.workers=1",
+    ]
+
+
+def tiny_config(data: Path, run_dir: Path, *overrides: str) -> RunConfig:
+    return load_config("demo", [*tiny_overrides(data, run_dir), *overrides])
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -186,5 +186,8 @@ def test_amp_runs_the_backbone_in_bf16_and_the_cam_heads_in_float32() -> None:
 
 def test_a_diverging_loss_stops_training_with_a_hint(tiny_data: Path, tmp_path: Path) -> None:
     cfg = tiny_config(tiny_data, tmp_path, "cam_train.warmup_epochs=0", "cam_train.lr=1e35")
-    with pytest.raises(FloatingPointError, match=r"lower cam_train\.lr"):
+    with pytest.raises(InputError, match=r"training diverged: .* of epoch 1; lower cam_train\.lr") as err:
         train_cam(open_run(cfg))
+    assert err.value.path == tmp_path / "cam" / "log.jsonl"
+    assert not (tmp_path / "cam" / "model.safetensors").exists()
+    assert not (tmp_path / "cam" / "state.safetensors").exists()

@@ -209,6 +209,7 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
     amp_cpu: bool = False  # allow bf16 autocast on CPU too (normally AMP is a CUDA speed option)
+    tensorboard: bool = True  # also write RUN_DIR/tb when tensorboard is installed (JSONL stays the record)
     data: DataConfig = field(default_factory=DataConfig)
     cam_train: CamTrainConfig = field(default_factory=CamTrainConfig)
     cam_model: dict[str, Any] = field(default_factory=_default_cam_model)

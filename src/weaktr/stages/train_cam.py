@@ -1,9 +1,7 @@
 """Phase-1 training of the CAM network (spec §1.5), resumable epoch by epoch and DDP-ready.
 
 Every epoch ends with ``cam/state.safetensors`` (weights, AdamW state, epoch) and the checkpoint
-``cam/model.safetensors``. The global RNGs are reseeded from (seed, rank, epoch) at the start of
-every epoch and the sampler shuffles from (seed, epoch), so a rerun after a kill continues from the
-last finished epoch bit-identically, on every rank, without per-rank RNG files.
+``cam/model.safetensors``; seeding, resume and saving follow :mod:`weaktr.engine.trainer`.
 
 Checkpoint selection: ``last`` keeps the last epoch and uses no pixel GT; ``gt_miou`` is the
 authors' practice, keeping the epoch whose scale-1.0+flip CAMs score best on ``data.cam_eval_split``
@@ -13,41 +11,35 @@ over the ``seeds.sweep`` thresholds. The choice is written to ``cam/selection.js
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
+from weaktr.cam.generate import multiscale_cam
 from weaktr.data.dataset import ClassificationDataset
+from weaktr.data.images import load_image
 from weaktr.data.transforms import cam_train_transform
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
-from weaktr.engine.state import load_training_state, read_state_extra, save_training_state
+from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import sweep_thresholds
-from weaktr.io import write_json
 from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
 from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
-from weaktr.runtime.distributed import (
-    all_reduce_sum,
-    barrier,
-    per_rank_batch,
-    seed_everything,
-    wrap_ddp,
-)
-from weaktr.runtime.logging import JsonlLogger, format_seconds, progress
-from weaktr.stages.gen_cam import write_split_cams
+from weaktr.runtime.distributed import all_reduce_sum, barrier
+from weaktr.runtime.logging import progress
+from weaktr.runtime.tensorboard import grid, heat_panel
+from weaktr.stages.gen_cam import cam_items, resolve_kind, write_split_cams
 from weaktr.stages.scoring import gt_dir, sweep_range
 
 log = logging.getLogger("weaktr")
 LOSS_KEYS = ("cls", "coarse", "fine", "total")
-EPOCH_SEED_STRIDE = 1000  # epoch e of rank r seeds with seed + 1000·e + r (epoch 0: the authors' seed + r)
 
 
 def _check_classes(ctx: RunContext, model_cfg: CAMConfig) -> None:
@@ -65,30 +57,6 @@ def _dataset(ctx: RunContext, model_cfg: CAMConfig) -> ClassificationDataset:
         tc.img_size, mean, std, tuple(tc.crop_scale), auto_augment=tc.randaug, re_prob=tc.reprob
     )
     return ClassificationDataset(ctx.dataset, ctx.cfg.data.train_split, transform)
-
-
-def _loader(ctx: RunContext, dataset: ClassificationDataset, epoch: int) -> DataLoader:
-    """This rank's shuffled, drop-last shard for ``epoch``; worker seeds follow (seed, rank, epoch)."""
-    tc, rank, world = ctx.cfg.cam_train, ctx.dist.rank, ctx.dist.world
-    sampler = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=True, seed=tc.seed, drop_last=True
-    )
-    sampler.set_epoch(epoch)
-    loader = DataLoader(
-        dataset,
-        batch_size=per_rank_batch(tc.batch_size, world),
-        sampler=sampler,
-        num_workers=tc.num_workers,
-        drop_last=True,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(tc.seed + EPOCH_SEED_STRIDE * epoch + rank),
-    )
-    if len(loader) == 0:
-        raise InputError(
-            f"split {ctx.cfg.data.train_split!r} has {len(dataset)} images, fewer than one batch of "
-            f"{loader.batch_size} per process; lower cam_train.batch_size"
-        )
-    return loader
 
 
 def _float_logits(out: CAMOutput) -> CAMOutput:
@@ -121,45 +89,6 @@ def train_step(
     return {k: v.detach() for k, v in losses.items()}
 
 
-def _train_epoch(
-    ctx: RunContext,
-    model: torch.nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    epoch: int,
-    lr: float,
-    jlog: JsonlLogger,
-) -> dict[str, float]:
-    """One pass over ``loader``; returns the epoch's mean losses (averaged over ranks)."""
-    tc, device = ctx.cfg.cam_train, ctx.device
-    model.train()
-    totals = torch.zeros(len(LOSS_KEYS), device=device)
-    window = torch.zeros(len(LOSS_KEYS), device=device)
-    bar = progress(loader, desc=f"train-cam {epoch + 1}/{tc.epochs}", enabled=ctx.dist.is_main)
-    for it, (images, targets) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        losses = train_step(model, images, targets, optimizer, ctx.amp(tc.amp))
-        step_losses = torch.stack([losses[k] for k in LOSS_KEYS])
-        totals += step_losses
-        window += step_losses
-        if (it + 1) % tc.log_every == 0 or it + 1 == len(loader):
-            n = (it % tc.log_every) + 1
-            means = dict(zip(LOSS_KEYS, (window / n).tolist(), strict=True))
-            if not math.isfinite(means["total"]):
-                raise FloatingPointError(
-                    f"train-cam: the loss is {means['total']} at epoch {epoch + 1}, iteration {it + 1}; "
-                    "lower cam_train.lr or turn off cam_train.amp"
-                )
-            jlog.log(
-                event="iter", epoch=epoch + 1, iter=it + 1, step=epoch * len(loader) + it + 1, lr=lr, **means
-            )
-            bar.set_postfix(loss=f"{means['total']:.4f}", lr=f"{lr:.2e}")
-            window.zero_()
-    all_reduce_sum(totals)
-    return dict(zip(LOSS_KEYS, (totals / (len(loader) * ctx.dist.world)).tolist(), strict=True))
-
-
 def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
     """(mIoU, threshold) of scale-1.0+flip CAMs on data.cam_eval_split (rank 0; others get NaNs)."""
     split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
@@ -180,42 +109,24 @@ def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
     return miou, threshold
 
 
-def _select(ctx: RunContext, model: CAMNet, epoch: int, selection: dict[str, Any]) -> dict[str, Any]:
-    """Save model.safetensors if this epoch is the one to keep; returns the updated selection record."""
-    out = ctx.layout.cam_model
-    if selection["mode"] == "last":
-        if ctx.dist.is_main:
-            save_cam_model(out, model)
-        return {**selection, "epoch": epoch + 1}
-    miou, threshold = _score_epoch(ctx, model)
-    history = [*selection["history"], {"epoch": epoch + 1, "miou": miou, "threshold": threshold}]
-    best = selection.get("miou")
-    if ctx.dist.is_main and (best is None or miou > best):
-        save_cam_model(out, model)
-        selection = {**selection, "epoch": epoch + 1, "miou": miou, "threshold": threshold}
-    return {**selection, "history": history}
+class CamTrainer(EpochTrainer):
+    """AdamW with per-epoch cosine lr on the three CAM losses; keeps the last or the best-GT epoch."""
 
+    name, section = "train-cam", "cam_train"
+    drop_last = True
+    # The backbone's final norm is loaded but never applied (golden O1): DDP must allow unused params.
+    find_unused_parameters = True
 
-def train_cam(ctx: RunContext) -> Path:
-    """Train (or resume training) the CAM network of ``ctx.cfg``; returns the selected checkpoint."""
-    cfg, tc = ctx.cfg, ctx.cfg.cam_train
-    lay = ctx.layout
-    model_cfg = CAMConfig.from_dict(cfg.cam_model)
-    _check_classes(ctx, model_cfg)
-    split = cfg.data.cam_eval_split or cfg.data.train_split
-    if tc.select_checkpoint == "gt_miou":
-        gt_dir(ctx.dataset)
-    seed_everything(tc.seed, ctx.dist.rank)
-    model = build_cam_model(model_cfg, tc.pretrained).to(ctx.device)
-    lr0 = scaled_lr(tc.lr, tc.batch_size)
-    optimizer = build_adamw(model.parameters(), lr0, tc.weight_decay)
-    dataset = _dataset(ctx, model_cfg)
-    selection: dict[str, Any] = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
-    start = 0
-    state_path = lay.cam_state
-    # What a resumed run must share with the saved one (epochs may grow: a killed run is rerun).
-    setup = json.loads(
-        json.dumps(
+    def __init__(self, ctx: RunContext, model_cfg: CAMConfig) -> None:
+        tc, lay = ctx.cfg.cam_train, ctx.layout
+        split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
+        selection = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
+        super().__init__(
+            ctx, PhaseFiles(lay.cam_model, lay.cam_state, lay.cam_log, lay.cam_selection), selection
+        )
+        self.tc = tc
+        # What a resumed run must share with the saved one (epochs may grow: a killed run is rerun).
+        self.check_setup(
             {
                 "model": model_cfg.to_dict(),
                 "batch_size": tc.batch_size,
@@ -224,64 +135,99 @@ def train_cam(ctx: RunContext) -> Path:
                 "world": ctx.dist.world,
             }
         )
-    )
-    if state_path.is_file():
-        saved_setup = read_state_extra(state_path).get("setup", setup)
-        if saved_setup != setup:
-            changed = sorted(k for k in setup if saved_setup.get(k) != setup[k])
-            raise InputError(
-                f"training state was made with other settings (changed: {', '.join(changed)}); "
-                "use another run_dir or delete the state to start over",
-                state_path,
-            )
-        saved = load_training_state(state_path, model, optimizer, restore_rng=False)
-        start, selection = saved["epoch"], saved["extra"]["selection"]
-        log.info("train-cam: resuming after epoch %d of %d from %s", start, tc.epochs, state_path)
-    # The backbone's final norm is loaded but never applied (golden O1): DDP must allow unused params.
-    ddp = wrap_ddp(model, find_unused_parameters=True)
-    with JsonlLogger(lay.cam_log, enabled=ctx.dist.is_main) as jlog:
-        jlog.log(
-            event="resume" if start else "start",
-            epoch=start,
-            epochs=tc.epochs,
-            batch_size=tc.batch_size,
-            world=ctx.dist.world,
-            lr=lr0,
-            select_checkpoint=tc.select_checkpoint,
+        self.seed_epoch(0)
+        self.cam_model = build_cam_model(model_cfg, tc.pretrained).to(ctx.device)
+        self.model = self.cam_model
+        self.lr0 = scaled_lr(tc.lr, tc.batch_size)
+        self.optimizer = build_adamw(self.model.parameters(), self.lr0, tc.weight_decay)
+        self.dataset = _dataset(ctx, model_cfg)
+
+    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
+        """One pass at this epoch's lr; returns the lr, the iteration count and the rank-averaged losses."""
+        tc, device = self.tc, self.ctx.device
+        lr = cosine_lr(epoch, tc.epochs, self.lr0, tc.warmup_epochs, tc.warmup_lr, tc.min_lr)
+        set_lr(self.optimizer, lr)
+        self.ddp.train()
+        totals = torch.zeros(len(LOSS_KEYS), device=device)
+        window = torch.zeros(len(LOSS_KEYS), device=device)
+        recent: list[torch.Tensor] = []  # the window's total losses, to name the first non-finite one
+        bar = progress(loader, desc=f"train-cam {epoch + 1}/{tc.epochs}", enabled=self.ctx.dist.is_main)
+        for it, (images, targets) in enumerate(bar):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            losses = train_step(self.ddp, images, targets, self.optimizer, self.ctx.amp(tc.amp))
+            step_losses = torch.stack([losses[k] for k in LOSS_KEYS])
+            totals += step_losses
+            window += step_losses
+            recent.append(losses["total"])
+            if (it + 1) % tc.log_every == 0 or it + 1 == len(loader):
+                means = dict(zip(LOSS_KEYS, (window / len(recent)).tolist(), strict=True))
+                if not math.isfinite(means["total"]):
+                    first = next((i for i, t in enumerate(recent) if not torch.isfinite(t)), len(recent) - 1)
+                    self.diverged(float(recent[first]), epoch, it + 2 - len(recent) + first)
+                step = epoch * len(loader) + it + 1
+                self.log_iter({"epoch": epoch + 1, "iter": it + 1, "step": step, "lr": lr, **means}, step)
+                bar.set_postfix(loss=f"{means['total']:.4f}", lr=f"{lr:.2e}")
+                window.zero_()
+                recent.clear()
+        all_reduce_sum(totals)
+        means = dict(zip(LOSS_KEYS, (totals / (len(loader) * self.ctx.dist.world)).tolist(), strict=True))
+        return {"lr": lr, "iters": len(loader), **means}
+
+    def select(self, epoch: int, record: dict[str, Any]) -> bool:
+        """``last`` keeps every epoch; ``gt_miou`` scores this one and keeps it when it beats the best."""
+        if self.selection["mode"] == "last":
+            self.selection = {**self.selection, "epoch": epoch + 1}
+            return True
+        miou, threshold = _score_epoch(self.ctx, self.cam_model)
+        history = [*self.selection["history"], {"epoch": epoch + 1, "miou": miou, "threshold": threshold}]
+        best = self.selection.get("miou")
+        keep = self.ctx.dist.is_main and (best is None or miou > best)
+        if keep:
+            self.selection = {**self.selection, "epoch": epoch + 1, "miou": miou, "threshold": threshold}
+        self.selection = {**self.selection, "history": history}
+        return keep
+
+    def save_model(self, path: Path) -> None:
+        save_cam_model(path, self.cam_model)
+
+    def summary(self, record: dict[str, Any]) -> str:
+        r = record
+        return (
+            f"loss {r['total']:.4f} (cls {r['cls']:.4f}, coarse {r['coarse']:.4f}, fine {r['fine']:.4f}), "
+            f"lr {r['lr']:.2e}"
         )
-        for epoch in range(start, tc.epochs):
-            tic = time.perf_counter()
-            seed_everything(tc.seed + EPOCH_SEED_STRIDE * epoch, ctx.dist.rank)
-            lr = cosine_lr(epoch, tc.epochs, lr0, tc.warmup_epochs, tc.warmup_lr, tc.min_lr)
-            set_lr(optimizer, lr)
-            loader = _loader(ctx, dataset, epoch)
-            means = _train_epoch(ctx, ddp, loader, optimizer, epoch, lr, jlog)
-            selection = _select(ctx, model, epoch, selection)
-            if ctx.dist.is_main:
-                save_training_state(
-                    state_path,
-                    model,
-                    optimizer,
-                    epoch + 1,
-                    (epoch + 1) * len(loader),
-                    extra={"selection": selection, "setup": setup},
-                )
-                write_json(lay.cam_selection, selection)
-            seconds = time.perf_counter() - tic
-            jlog.log(event="epoch", epoch=epoch + 1, lr=lr, seconds=seconds, iters=len(loader), **means)
-            if selection["history"]:
-                jlog.log(event="select", **selection["history"][-1], kept_epoch=selection["epoch"])
-            log.info(
-                "train-cam epoch %d/%d: loss %.4f (cls %.4f, coarse %.4f, fine %.4f), lr %.2e, %s",
-                epoch + 1,
-                tc.epochs,
-                means["total"],
-                means["cls"],
-                means["coarse"],
-                means["fine"],
-                lr,
-                format_seconds(seconds),
-            )
-            barrier()
-        jlog.log(event="done", select_checkpoint=tc.select_checkpoint, kept_epoch=selection["epoch"])
-    return lay.cam_model
+
+    def done_fields(self) -> dict[str, Any]:
+        return {"select_checkpoint": self.tc.select_checkpoint}
+
+    def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Each fixed train image beside the scale-1.0+flip CAMs of its first three classes."""
+        ctx, model = self.ctx, self.cam_model
+        mean, std = normalisation(model.config.backbone)
+        kind = resolve_kind(ctx, "default")
+        rows = []
+        for _, path, labels in cam_items(ctx.dataset, ctx.cfg.data.train_split)[:GRID_IMAGES]:
+            image = load_image(path)
+            cams, _ = multiscale_cam(model, image, labels, [1.0], mean, std, ctx.device, kind=kind)
+            rows.append([image, *(heat_panel(c.numpy()) for c in cams[:3])])
+        return {"cams": grid(rows)}
+
+
+def train_cam(ctx: RunContext) -> Path:
+    """Train (or resume training) the CAM network of ``ctx.cfg``; returns the selected checkpoint."""
+    tc = ctx.cfg.cam_train
+    model_cfg = CAMConfig.from_dict(ctx.cfg.cam_model)
+    _check_classes(ctx, model_cfg)
+    if tc.select_checkpoint == "gt_miou":
+        gt_dir(ctx.dataset)
+    trainer = CamTrainer(ctx, model_cfg)
+    if trainer.resume():
+        return trainer.files.model
+    return trainer.fit(
+        epochs=tc.epochs,
+        batch_size=tc.batch_size,
+        world=ctx.dist.world,
+        lr=trainer.lr0,
+        select_checkpoint=tc.select_checkpoint,
+    )

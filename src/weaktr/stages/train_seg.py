@@ -5,126 +5,44 @@ iteration to ``min_lr`` without warm-up, the mmseg-style augmentation, batch ``b
 ranks. The clipping statistics stay per rank, as in the authors' code.
 
 Every epoch ends with ``seg/state.safetensors`` (weights, SGD momentum, epoch) and, depending on
-``select_checkpoint``, ``seg/model.safetensors``. The global RNGs are reseeded from (seed, epoch,
-rank) at the start of every epoch and the sampler shuffles from (seed, epoch), so a rerun after a
-kill continues from the last finished epoch bit-identically.
+``select_checkpoint``, ``seg/model.safetensors``; seeding, resume and saving follow
+:mod:`weaktr.engine.trainer`.
 
 ``gt_dir`` (pixel ground truth of the training images) only adds measurements: the precision of
-the pseudo-label pixels the loss keeps against GT (the paper's Table XIII / Fig. 5). The GT goes
-through exactly the seeds' geometric augmentation and never influences training.
+the pseudo-label pixels the loss keeps against GT (the paper's Table XIII / Fig. 5), through
+:class:`weaktr.data.seed_labels.SeedGTDataset`; it never influences training.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision import tv_tensors
+from torch.utils.data import DataLoader, Dataset
 
-from weaktr.data.dataset import DatasetInfo, SegmentationDataset, short_list
+from weaktr.data.dataset import SegmentationDataset
 from weaktr.data.images import load_image, load_label_map
+from weaktr.data.seed_labels import SeedAndGTTransform, SeedGTDataset, check_label_maps
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
-from weaktr.engine.state import load_training_state, save_training_state
+from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
-from weaktr.io import write_json
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter, param_groups, save_segmenter
 from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
-from weaktr.runtime.distributed import (
-    barrier,
-    per_rank_batch,
-    seed_everything,
-    shard,
-    wrap_ddp,
-)
-from weaktr.runtime.logging import JsonlLogger, format_seconds, progress
+from weaktr.runtime.distributed import shard
+from weaktr.runtime.logging import progress
+from weaktr.runtime.tensorboard import grid, label_panel
 
 log = logging.getLogger("weaktr")
 GC_MODES: dict[str, GCMode] = {"code": "batch", "per_image": "per_image", "none": "naive"}
-EPOCH_SEED_STRIDE = 1000  # epoch e of rank r seeds with seed + 1000·e + r
-
-
-class _SeedAndGTTransform(SegTrainTransform):
-    """The train transform on a (2, H, W) seed+GT stack: only the seed decides the crop, both get it.
-
-    The random draws are exactly those of the plain transform on the seed alone, so measuring against
-    GT changes nothing in training.
-    """
-
-    _box: tuple[int, int] = (0, 0)
-
-    def _crop_box(self, h: int, w: int) -> tuple[int, int]:
-        self._box = super()._crop_box(h, w)
-        return self._box
-
-    def _random_crop(
-        self, img: tv_tensors.Image, mask: tv_tensors.Mask
-    ) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
-        img, seed = super()._random_crop(img, mask[:, :1])
-        top, left = self._box  # the last box drawn is the one the parent cropped with
-        gt = TF.crop(mask[:, 1:], top, left, seed.shape[-2], seed.shape[-1])
-        return img, tv_tensors.wrap(torch.cat([seed, gt], dim=1), like=seed)
-
-
-class _SeedGTDataset(Dataset):
-    """(image, (2, crop, crop) seed+GT) pairs; images without a GT file get an all-ignore GT."""
-
-    def __init__(self, base: SegmentationDataset, gt_dir: Path, transform: _SeedAndGTTransform) -> None:
-        self.base, self.gt_dir, self.transform = base, gt_dir, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        info, image_id = self.base.info, self.base.ids[index]
-        img = load_image(info.image_path(image_id))
-        seed = load_label_map(self.base.label_dir / f"{image_id}.png", img.shape[:2], info.num_classes)
-        gt_path = self.gt_dir / f"{image_id}.png"
-        gt = (
-            load_label_map(gt_path, img.shape[:2])
-            if gt_path.is_file()
-            else np.full(seed.shape, IGNORE_INDEX, np.uint8)
-        )
-        return self.transform(img, np.stack([seed, gt]))
-
-
-def _check_label_maps(info: DatasetInfo, ids: list[str], label_dir: Path, n_cls: int) -> None:
-    """Every seed PNG exists, matches its image's size and holds ids < n_cls (or 255), before training.
-
-    A bad file found inside a DataLoader worker would surface as a traceback hours into a run.
-    """
-    if not label_dir.is_dir():
-        raise InputError("seed folder not found (run make-seeds first, or pass --seeds)", label_dir)
-    missing = [i for i in ids if not (label_dir / f"{i}.png").is_file()]
-    if missing:
-        raise InputError(f"{len(missing)} seed PNG(s) missing: {short_list(missing)}", label_dir)
-
-    def check(image_id: str) -> None:
-        path = info.image_path(image_id)
-        try:
-            with Image.open(path) as im:  # header only: no decode
-                w, h = im.size
-        except OSError as exc:
-            raise InputError(f"unreadable image ({exc})", path) from exc
-        load_label_map(label_dir / f"{image_id}.png", (h, w), n_cls)
-
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for _ in progress(pool.map(check, ids), desc="check seeds", total=len(ids)):
-            pass
 
 
 def _datasets(
@@ -134,7 +52,9 @@ def _datasets(
     st, info = ctx.cfg.seg_train, ctx.dataset
     split = ctx.cfg.data.train_split
     ids = info.ids(split)
-    _check_label_maps(info, ids, label_dir, seg_cfg.n_cls)
+    checks = check_label_maps(info, ids, label_dir, seg_cfg.n_cls)
+    for _ in progress(checks, desc="check seeds", total=len(ids)):
+        pass
     mean, std = normalisation(seg_cfg.backbone)
     kw: dict[str, Any] = dict(
         base_size=st.base_size,
@@ -147,29 +67,7 @@ def _datasets(
     base = SegmentationDataset(info, split, label_dir, SegTrainTransform(**kw))
     if gt_dir is None:
         return base, False
-    if not gt_dir.is_dir():
-        raise InputError("ground-truth folder not found", gt_dir)
-    n_gt = sum((gt_dir / f"{i}.png").is_file() for i in ids)
-    if n_gt == 0:
-        raise InputError(f"no ground-truth PNG for any image of split {split!r}", gt_dir)
-    if n_gt < len(ids):
-        log.warning("train-seg: ground truth for %d of %d training images only (%s)", n_gt, len(ids), gt_dir)
-    return _SeedGTDataset(base, gt_dir, _SeedAndGTTransform(**kw)), True
-
-
-def _loader(ctx: RunContext, dataset: Dataset, epoch: int) -> DataLoader:
-    """This rank's shuffled shard for ``epoch`` (last batch kept, as the authors' loader)."""
-    st, rank, world = ctx.cfg.seg_train, ctx.dist.rank, ctx.dist.world
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=st.seed)
-    sampler.set_epoch(epoch)
-    return DataLoader(
-        dataset,
-        batch_size=per_rank_batch(st.batch_size, world),
-        sampler=sampler,
-        num_workers=st.num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        generator=torch.Generator().manual_seed(st.seed + EPOCH_SEED_STRIDE * epoch + rank),
-    )
+    return SeedGTDataset.checked(base, split, gt_dir, SeedAndGTTransform(**kw)), True
 
 
 class _Meter:
@@ -213,31 +111,38 @@ class _Meter:
         return out
 
 
+def _predict(ctx: RunContext, model: Segmenter, image: np.ndarray) -> torch.Tensor:
+    """Single-scale sliding-window labels (H, W) of one image, as the per-epoch evaluation scores them."""
+    p = ctx.cfg.predict
+    logits = predict_logits(
+        model,
+        image,
+        window=p.window,
+        stride=p.stride,
+        device=ctx.device,
+        amp=ctx.amp(ctx.cfg.seg_train.amp),
+        base_size=p.base_size,
+        window_batch=p.window_batch,
+    )
+    return logits.argmax(0)
+
+
 def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[str, Any]:
     """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced)."""
-    info, p, st = ctx.dataset, ctx.cfg.predict, ctx.cfg.seg_train
-    amp = ctx.amp(st.amp)
+    info = ctx.dataset
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
-    with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+    with inference_precision(
+        model, ctx.device, ctx.amp(ctx.cfg.seg_train.amp)
+    ):  # one bf16 copy for the split
         for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
             image = load_image(info.image_path(image_id))
-            logits = predict_logits(
-                model,
-                image,
-                window=p.window,
-                stride=p.stride,
-                device=ctx.device,
-                amp=amp,
-                base_size=p.base_size,
-                window_batch=p.window_batch,
-            )
-            cm.update(logits.argmax(0), load_label_map(info.mask_path(image_id), image.shape[:2]))
+            cm.update(_predict(ctx, model, image), load_label_map(info.mask_path(image_id), image.shape[:2]))
     cm.all_reduce()
     return cm.scores()
 
 
-def _check_setup(ctx: RunContext, seg_cfg: SegConfig) -> str | None:
+def _eval_split(ctx: RunContext, seg_cfg: SegConfig) -> str | None:
     """Validate the class count and the checkpoint choice; returns the evaluation split (None = none)."""
     st, info = ctx.cfg.seg_train, ctx.dataset
     if info.num_classes != seg_cfg.n_cls:
@@ -260,152 +165,146 @@ def _check_setup(ctx: RunContext, seg_cfg: SegConfig) -> str | None:
     return split
 
 
+class SegTrainer(EpochTrainer):
+    """SGD with per-iteration poly lr on the gradient-clipping loss; keeps the last or the best-val epoch."""
+
+    name, section = "train-seg", "seg_train"
+
+    def __init__(self, ctx: RunContext, seg_cfg: SegConfig, label_dir: Path, gt_dir: Path | None) -> None:
+        st, lay = ctx.cfg.seg_train, ctx.layout
+        self.eval_split = _eval_split(ctx, seg_cfg)
+        selection = {
+            "select_checkpoint": st.select_checkpoint,
+            "eval_split": self.eval_split,
+            "epoch": 0,
+            "val_miou": None,
+            "history": [],
+        }
+        super().__init__(
+            ctx, PhaseFiles(lay.seg_model, lay.seg_state, lay.seg_log, lay.seg_selection), selection
+        )
+        self.st, self.label_dir = st, label_dir
+        self.dataset, self.with_gt = _datasets(ctx, seg_cfg, label_dir, gt_dir)
+        self.iters = len(self.loader(0))
+        # What a resumed run must share with the saved one (the poly schedule spans all epochs).
+        self.check_setup(
+            {
+                "epochs": st.epochs,
+                "iters_per_epoch": self.iters,
+                "batch_size": st.batch_size,
+                "world": ctx.dist.world,
+            }
+        )
+        self.seed_epoch(0)
+        pretrained = None if self.files.state.is_file() else st.pretrained
+        self.seg_model = build_segmenter(seg_cfg, pretrained).to(ctx.device)
+        self.model = self.seg_model
+        self.optimizer = build_sgd(
+            param_groups(self.model, st.lr, st.encoder_lr_scale),
+            st.lr,
+            st.momentum,
+            st.nesterov,
+            st.weight_decay,
+        )
+        self.gc_mode = GC_MODES[st.gc.mode]
+
+    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
+        """One pass with the per-iteration poly lr; logs every ``log_every`` iterations, returns the means."""
+        st, device, with_gt = self.st, self.ctx.device, self.with_gt
+        total = len(loader) * st.epochs
+        self.ddp.train()
+        epoch_meter, span = _Meter(), _Meter()
+        bar = progress(loader, desc=f"train-seg {epoch + 1}/{st.epochs}", enabled=self.ctx.dist.is_main)
+        for it, (images, masks) in enumerate(bar):
+            step = epoch * len(loader) + it
+            lr = poly_lr(step, total, st.lr, st.min_lr, st.power)
+            set_lr(self.optimizer, lr)
+            images = images.to(device, non_blocking=True)
+            masks = masks.to(device, non_blocking=True)
+            target, gt = (masks[:, 0], masks[:, 1]) if with_gt else (masks, None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.ctx.amp(st.amp)):
+                logits = self.ddp(images)
+            loss, stats = gradient_clipping_loss(logits.float(), target, st.gc.tau, st.gc.cell, self.gc_mode)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                self.diverged(value, epoch, it + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for meter in (epoch_meter, span):
+                meter.update(value, stats, target, gt)
+            live = epoch_meter.record(False)
+            bar.set_postfix(
+                loss=f"{live['loss']:.4f}", clipped=f"{100 * live['clipped_fraction']:.1f}%", refresh=False
+            )
+            if (it + 1) % st.log_every == 0 or it + 1 == len(loader):
+                self.log_iter(
+                    {"epoch": epoch + 1, "iter": step + 1, "lr": lr, **span.record(with_gt)}, step + 1
+                )
+                span = _Meter()
+        return epoch_meter.record(with_gt)
+
+    def select(self, epoch: int, record: dict[str, Any]) -> bool:
+        """Evaluate every ``eval_every`` epochs and at the last; keep the last or the best val mIoU."""
+        st, selection = self.st, self.selection
+        last = epoch + 1 == st.epochs
+        if self.eval_split is not None and ((epoch + 1) % st.eval_every == 0 or last):
+            scores = evaluate_segmenter(self.ctx, self.seg_model, self.eval_split)
+            record["val_miou"] = scores["miou"]
+            selection["history"].append({"epoch": epoch + 1, "val_miou": scores["miou"]})
+        keep = st.select_checkpoint == "last" or (
+            "val_miou" in record
+            and (selection["val_miou"] is None or record["val_miou"] > selection["val_miou"])
+        )
+        if keep:
+            selection.update(epoch=epoch + 1, val_miou=record.get("val_miou"))
+        return keep
+
+    def save_model(self, path: Path) -> None:
+        save_segmenter(path, self.seg_model)
+
+    def summary(self, record: dict[str, Any]) -> str:
+        val = f", val mIoU {100 * record['val_miou']:.2f}" if "val_miou" in record else ""
+        return f"loss {record['loss']:.4f}, clipped {100 * record['clipped_fraction']:.1f}%{val}"
+
+    def done_fields(self) -> dict[str, Any]:
+        return {"val_miou": self.selection["val_miou"]}
+
+    def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
+        """At evaluations: fixed train images with seed and prediction, val images with GT and prediction."""
+        if self.eval_split is None or "val_miou" not in record:
+            return {}
+        info, grids = self.ctx.dataset, {}
+        for tag, split, labels in (
+            ("seeds", self.ctx.cfg.data.train_split, lambda i: self.label_dir / f"{i}.png"),
+            ("val", self.eval_split, info.mask_path),
+        ):
+            rows = []
+            for image_id in info.ids(split)[:GRID_IMAGES]:
+                image = load_image(info.image_path(image_id))
+                shown = load_label_map(labels(image_id), image.shape[:2])
+                predicted = _predict(self.ctx, self.seg_model, image).cpu().numpy().astype(np.uint8)
+                rows.append([image, label_panel(shown), label_panel(predicted)])
+            grids[tag] = grid(rows)
+        return grids
+
+
 def train_seg(ctx: RunContext, label_dir: Path, gt_dir: Path | None = None) -> Path:
     """Train (or resume training) the segmenter on the label PNGs in ``label_dir``; returns its checkpoint.
 
     ``gt_dir`` holds ground truth for the training images (e.g. the data set's masks); it is used only
     to log the precision of the pixels the gradient-clipping loss keeps.
     """
-    cfg, st = ctx.cfg, ctx.cfg.seg_train
-    model_path, state_path = ctx.layout.seg_model, ctx.layout.seg_state
-    seg_cfg = SegConfig.from_dict(cfg.seg_model)
-    eval_split = _check_setup(ctx, seg_cfg)
-    dataset, with_gt = _datasets(ctx, seg_cfg, Path(label_dir), None if gt_dir is None else Path(gt_dir))
-    iters = len(_loader(ctx, dataset, 0))
-    total = iters * st.epochs
-    setup = {
-        "epochs": st.epochs,
-        "iters_per_epoch": iters,
-        "batch_size": st.batch_size,
-        "world": ctx.dist.world,
-    }
-
-    resume = state_path.is_file()
-    seed_everything(st.seed, ctx.dist.rank)
-    model = build_segmenter(seg_cfg, None if resume else st.pretrained).to(ctx.device)
-    optimizer = build_sgd(
-        param_groups(model, st.lr, st.encoder_lr_scale), st.lr, st.momentum, st.nesterov, st.weight_decay
+    st = ctx.cfg.seg_train
+    seg_cfg = SegConfig.from_dict(ctx.cfg.seg_model)
+    trainer = SegTrainer(ctx, seg_cfg, Path(label_dir), None if gt_dir is None else Path(gt_dir))
+    if trainer.resume():
+        return trainer.files.model
+    return trainer.fit(
+        **trainer.setup,
+        total_iters=trainer.iters * st.epochs,
+        lr=st.lr,
+        gc=dataclasses.asdict(st.gc),
+        seeds=str(label_dir),
+        gt=None if gt_dir is None else str(gt_dir),
     )
-    selection: dict[str, Any] = {
-        "select_checkpoint": st.select_checkpoint,
-        "eval_split": eval_split,
-        "epoch": 0,
-        "val_miou": None,
-        "history": [],
-    }
-    start = 0
-    if resume:
-        saved = load_training_state(state_path, model, optimizer, restore_rng=False)
-        if saved["extra"].get("setup") != setup:
-            raise InputError(
-                f"training state was made with {saved['extra'].get('setup')}, this run has {setup}; "
-                "use another run_dir or delete the state to start over",
-                state_path,
-            )
-        start, selection = saved["epoch"], saved["extra"]["selection"]
-        log.info("train-seg: resuming after epoch %d of %d from %s", start, st.epochs, state_path)
-        if start >= st.epochs and model_path.is_file():
-            return model_path
-    ddp = wrap_ddp(model)
-    gc_mode = GC_MODES[st.gc.mode]
-    with JsonlLogger(ctx.layout.seg_log, enabled=ctx.dist.is_main) as jlog:
-        jlog.log(
-            event="resume" if start else "start",
-            epoch=start,
-            **setup,
-            total_iters=total,
-            lr=st.lr,
-            gc=dataclasses.asdict(st.gc),
-            seeds=str(label_dir),
-            gt=None if gt_dir is None else str(gt_dir),
-        )
-        for epoch in range(start, st.epochs):
-            tic = time.perf_counter()
-            seed_everything(st.seed + EPOCH_SEED_STRIDE * epoch, ctx.dist.rank)
-            epoch_meter = _train_epoch(
-                ctx, ddp, optimizer, _loader(ctx, dataset, epoch), epoch, gc_mode, with_gt, jlog
-            )
-            record: dict[str, Any] = {"event": "epoch", "epoch": epoch + 1, **epoch_meter.record(with_gt)}
-            last = epoch + 1 == st.epochs
-            if eval_split is not None and ((epoch + 1) % st.eval_every == 0 or last):
-                scores = evaluate_segmenter(ctx, model, eval_split)
-                record["val_miou"] = scores["miou"]
-                selection["history"].append({"epoch": epoch + 1, "val_miou": scores["miou"]})
-            keep = st.select_checkpoint == "last" or (
-                "val_miou" in record
-                and (selection["val_miou"] is None or record["val_miou"] > selection["val_miou"])
-            )
-            if keep:
-                selection.update(epoch=epoch + 1, val_miou=record.get("val_miou"))
-            if ctx.dist.is_main:
-                if keep:
-                    save_segmenter(model_path, model)
-                save_training_state(
-                    state_path,
-                    model,
-                    optimizer,
-                    epoch + 1,
-                    (epoch + 1) * iters,
-                    extra={"setup": setup, "selection": selection},
-                )
-                write_json(ctx.layout.seg_selection, selection)
-            record["seconds"] = time.perf_counter() - tic
-            jlog.log(record)
-            log.info(
-                "train-seg epoch %d/%d: loss %.4f, clipped %.1f%%%s, %s",
-                epoch + 1,
-                st.epochs,
-                record["loss"],
-                100 * record["clipped_fraction"],
-                f", val mIoU {100 * record['val_miou']:.2f}" if "val_miou" in record else "",
-                format_seconds(record["seconds"]),
-            )
-            barrier()
-        jlog.log(event="done", kept_epoch=selection["epoch"], val_miou=selection["val_miou"])
-    return model_path
-
-
-def _train_epoch(
-    ctx: RunContext,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: DataLoader,
-    epoch: int,
-    gc_mode: GCMode,
-    with_gt: bool,
-    jlog: JsonlLogger,
-) -> _Meter:
-    """One pass over ``loader`` with the per-iteration poly lr; logs every ``log_every`` iterations."""
-    st, device = ctx.cfg.seg_train, ctx.device
-    total = len(loader) * st.epochs
-    model.train()
-    epoch_meter, span = _Meter(), _Meter()
-    bar = progress(loader, desc=f"train-seg {epoch + 1}/{st.epochs}", enabled=ctx.dist.is_main)
-    for it, (images, masks) in enumerate(bar):
-        step = epoch * len(loader) + it
-        lr = poly_lr(step, total, st.lr, st.min_lr, st.power)
-        set_lr(optimizer, lr)
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        target, gt = (masks[:, 0], masks[:, 1]) if with_gt else (masks, None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=ctx.amp(st.amp)):
-            logits = model(images)
-        loss, stats = gradient_clipping_loss(logits.float(), target, st.gc.tau, st.gc.cell, gc_mode)
-        value = float(loss.detach())
-        if not np.isfinite(value):
-            raise InputError(
-                f"training diverged: the loss is {value} at iteration {step + 1}; lower seg_train.lr"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for meter in (epoch_meter, span):
-            meter.update(value, stats, target, gt)
-        live = epoch_meter.record(False)
-        bar.set_postfix(
-            loss=f"{live['loss']:.4f}", clipped=f"{100 * live['clipped_fraction']:.1f}%", refresh=False
-        )
-        if (it + 1) % st.log_every == 0 or it + 1 == len(loader):
-            jlog.log(event="iter", epoch=epoch + 1, iter=step + 1, lr=lr, **span.record(with_gt))
-            span = _Meter()
-    return epoch_meter

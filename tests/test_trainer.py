@@ -1,0 +1,137 @@
+"""The epoch-loop skeleton through both trainers: one divergence error and one resume refusal for both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import test_train_cam
+import test_train_seg
+from safetensors import safe_open
+from safetensors.torch import load_file
+from test_train_seg import demo  # noqa: F401  (the module-scoped demo fixture)
+
+import weaktr.stages.train_cam as tc
+import weaktr.stages.train_seg as ts
+from weaktr.cli import main
+from weaktr.data.dataset import DatasetInfo
+from weaktr.engine.state import STATE_KEY
+from weaktr.io import load_checkpoint
+
+
+@dataclass(frozen=True)
+class Phase:
+    command: str
+    section: str
+    module: ModuleType
+    loss: str  # the loss function a test poisons, by its name in ``module``
+    hint: str  # what the divergence error suggests
+    args: Callable[[DatasetInfo, Path], list[str]]
+
+
+def _nan(out: Any) -> Any:
+    """The loss output with every loss turned into NaN (CAM: a dict of losses; seg: (loss, stats))."""
+    if isinstance(out, dict):
+        return {k: v * float("nan") for k, v in out.items()}
+    loss, stats = out
+    return loss * float("nan"), stats
+
+
+PHASES = {
+    "cam": Phase(
+        "train-cam",
+        "cam_train",
+        tc,
+        "cam_loss",
+        "lower cam_train.lr or turn off cam_train.amp",  # the demo config trains phase 1 in bf16
+        lambda d, run: ["--config", "demo", *test_train_cam.tiny_overrides(d.root / "dataset.yaml", run)],
+    ),
+    "seg": Phase(
+        "train-seg",
+        "seg_train",
+        ts,
+        "gradient_clipping_loss",
+        "lower seg_train.lr",
+        lambda d, run: [
+            "--seeds",
+            str(d.path(d.masks)),
+            *test_train_seg.tiny_overrides(d.root / "dataset.yaml", run),
+            "seg_train.eval_every=0",
+        ],
+    ),
+}
+
+
+def _state_epoch(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {})[STATE_KEY])["epoch"]
+
+
+@pytest.mark.parametrize("name", list(PHASES))
+def test_a_nan_loss_is_one_error_line_and_saves_nothing_of_its_epoch(
+    name: str,
+    demo: DatasetInfo,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    phase, run = PHASES[name], tmp_path / "run"
+    calls = {"n": 0}
+    original = getattr(phase.module, phase.loss)
+
+    def nan_from_epoch_two(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1  # 4 iterations an epoch: call 5 is iteration 1 of epoch 2
+        out = original(*args, **kwargs)
+        return _nan(out) if calls["n"] >= 5 else out
+
+    monkeypatch.setattr(phase.module, phase.loss, nan_from_epoch_two)
+    assert main([phase.command, *phase.args(demo, run)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error" in line]
+    log_file = run / phase.command.split("-")[1] / "log.jsonl"
+    assert lines == [
+        f"weaktr {phase.command}: error: {log_file}: training diverged: the loss is nan at iteration 1 "
+        f"of epoch 2; {phase.hint}"
+    ]
+    records = [json.loads(x) for x in log_file.read_text().splitlines()]
+    assert records[-1] == {"event": "diverged", "epoch": 2, "iter_of_epoch": 1, "loss": None}
+    assert [r["epoch"] for r in records if r["event"] == "epoch"] == [1]
+    # The model and the state are epoch 1's: nothing was written from the diverged epoch.
+    phase_dir = log_file.parent
+    assert _state_epoch(phase_dir / "state.safetensors") == 1
+    kept = load_checkpoint(phase_dir / "model.safetensors")[0]
+    state = load_file(phase_dir / "state.safetensors")
+    assert kept and all(v.equal(state[f"model.{k}"]) for k, v in kept.items())
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "changed"),
+    [("cam", "cam_train.lr=0.1", "lr"), ("seg", "seg_train.batch_size=8", "batch_size, iters_per_epoch")],
+)
+def test_a_state_made_with_other_settings_is_refused_in_both_phases(
+    name: str,
+    change: str,
+    changed: str,
+    demo: DatasetInfo,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    phase, run = PHASES[name], tmp_path / "run"
+    one_epoch = [*phase.args(demo, run), f"{phase.section}.epochs=1"]
+    assert main([phase.command, *one_epoch]) == 0
+    state = run / phase.command.split("-")[1] / "state.safetensors"
+    before = state.read_bytes()
+    capsys.readouterr()
+    assert main([phase.command, *one_epoch, change]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{state}: training state was made with other settings (changed: {changed}); use another "
+        "run_dir or delete the state to start over"
+    ) in err
+    assert state.read_bytes() == before
