@@ -53,6 +53,9 @@ from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 AUTHORS = {"train_step": 7.3, "infer_1scale": 1.8, "infer_6scale_flip_ens": 32.0, "crf_1": 0.84}
 AGREEMENT_MIN = 0.995
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_seg.json"
+CPU = torch.device("cpu")
+# --tiny: a one-block segmenter on 32² crops, for dry runs of the script (its timings mean nothing)
+TINY_SEG = SegConfig(image_size=32, embed_dim=32, depth=1, num_heads=2)
 
 
 def blob_image(h: int = 375, w: int = 500, seed: int = 0) -> np.ndarray:
@@ -63,27 +66,46 @@ def blob_image(h: int = 375, w: int = 500, seed: int = 0) -> np.ndarray:
     return (img[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
-def bench_train(repeats: int) -> dict[str, dict[str, Any]]:
+def bench_train(
+    repeats: int, device: torch.device = CPU, bf16: bool = False, tiny: bool = False
+) -> dict[str, dict[str, Any]]:
+    """The step in float32, in bf16 autocast if asked (as train-seg on CUDA), and the authors' way."""
     torch.manual_seed(0)
-    model = build_segmenter(SegConfig()).train()
+    config = TINY_SEG if tiny else SegConfig()
+    crop = config.image_size
+    model = build_segmenter(config).train().to(device)
     opt = build_sgd(param_groups(model, 1e-4, 0.1), 1e-4, 0.9, True, 0.0)
-    x = torch.randn(4, 3, 480, 480)
-    target = F.interpolate(torch.randint(0, 21, (4, 1, 6, 6)).float(), size=(480, 480), mode="nearest")
-    target = target[:, 0].long()
-    target[:, 440:] = 255  # the Pad-to-480 border of a short crop
+    x = torch.randn(4, 3, crop, crop, device=device)
+    target = F.interpolate(torch.randint(0, 21, (4, 1, 6, 6)).float(), size=(crop, crop), mode="nearest")
+    target = target[:, 0].long().to(device)
+    target[:, crop * 11 // 12 :] = 255  # the Pad-to-480 border of a short crop
+    sync = device.type == "cuda"
 
-    def step() -> None:
-        loss, _ = gradient_clipping_loss(model(x), target, tau=1e9, cell=120)  # clipping on every step
+    def step(amp: bool) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        # clipping on every step
+        loss, _ = gradient_clipping_loss(logits.float(), target, tau=1e9, cell=crop // 4)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    out = {"train_step": measure(step, repeats)}
-    # the authors' attention (softmax(q·kᵀ·scale)·v, no fused kernel): a same-machine baseline
+    def timed(amp: bool = False) -> dict[str, Any]:
+        if sync:
+            torch.cuda.reset_peak_memory_stats(device)
+        result = measure(lambda: step(amp), repeats, sync=sync)
+        if sync:
+            result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        return result
+
+    out = {"train_step": timed()}
+    if bf16:
+        out["train_step_bf16"] = timed(amp=True)
+    # the authors' attention (softmax(q·kᵀ·scale)·v, no fused kernel) in float32: a same-machine baseline
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
-    out["train_step_authors_way"] = measure(step, repeats)
+    out["train_step_authors_way"] = timed()
     return out
 
 
@@ -257,6 +279,11 @@ def main() -> None:
     parser.add_argument("--window-batch", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--sections", default="train,infer,crf", help="comma-separated: train, infer, crf")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where the train section runs (others: CPU)"
+    )
+    parser.add_argument("--train-bf16", action="store_true", help="also time the step in bf16 autocast")
+    parser.add_argument("--tiny", action="store_true", help="train section: a tiny model, for dry runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--show", type=Path, metavar="JSON", help="only print the table of a results file")
     args = parser.parse_args()
@@ -275,12 +302,14 @@ def main() -> None:
             "repeats": args.repeats,
             "ms_repeats": args.ms_repeats,
             "window_batch": args.window_batch,
+            "train_device": args.device,
+            "train_tiny": args.tiny,
         },
         "authors_s": AUTHORS,
         "timings": timings,
     }
     sections = {
-        "train": lambda: bench_train(args.repeats),
+        "train": lambda: bench_train(args.repeats, torch.device(args.device), args.train_bf16, args.tiny),
         "infer": lambda: bench_inference(args.repeats, args.ms_repeats, args.window_batch),
         "crf": lambda: bench_crf(args.repeats),
     }
