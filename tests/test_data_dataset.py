@@ -9,17 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from weaktr.data.dataset import (
-    ClassificationDataset,
-    DatasetInfo,
-    ImageListDataset,
-    SegmentationDataset,
-    build_image_labels,
-    labels_from_cls_npy,
-    labels_from_masks,
-    voc_palette,
-    write_id_list,
-)
+from weaktr.data.info import DatasetInfo, write_id_list
+from weaktr.data.labels import build_image_labels, labels_from_cls_npy, labels_from_masks
+from weaktr.data.palette import voc_palette
+from weaktr.data.torch_datasets import ClassificationDataset, ImageListDataset, SegmentationDataset
 from weaktr.data.transforms import cam_eval_transform
 from weaktr.data.voc import VOC_CLASSES
 from weaktr.errors import InputError

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from weaktr.data.coco import paint_mask, prepare_coco
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.folder import prepare_folder
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
 from weaktr.data.voc import VOC_CLASSES, prepare_voc
 from weaktr.errors import InputError
 

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weaktr.data.dataset import DatasetInfo, relative_to_root, short_list, voc_palette, write_id_list
+from weaktr.data.info import DatasetInfo, relative_to_root, short_list, write_id_list
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import read_json, save_label_png, write_json
 

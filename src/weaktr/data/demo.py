@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from weaktr.data.dataset import DatasetInfo, voc_palette, write_id_list
+from weaktr.data.info import DatasetInfo, write_id_list
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, save_label_png, write_json
 

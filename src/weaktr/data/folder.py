@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weaktr.data.dataset import DatasetInfo, relative_to_root, short_list, write_id_list
+from weaktr.data.info import DatasetInfo, relative_to_root, short_list, write_id_list
 from weaktr.errors import InputError
 from weaktr.io import read_json, write_json
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weaktr.data.dataset import DatasetInfo, build_image_labels, relative_to_root
+from weaktr.data.info import DatasetInfo, relative_to_root
+from weaktr.data.labels import build_image_labels
 from weaktr.errors import InputError
 
 VOC_CLASSES: tuple[str, ...] = (

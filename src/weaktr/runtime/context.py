@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from weaktr.config import RunConfig, save_config
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.demo import generate_demo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.runtime.distributed import DistInfo, init_distributed
 from weaktr.runtime.layout import RunLayout

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from weaktr.cam.generate import CAM_KINDS, DEFAULT_MAX_PIXELS, generate_cams
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.models.cam import load_cam_model
 from weaktr.models.timm_factory import normalisation

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from weaktr.crf import CRFParams, softmax_crf
-from weaktr.data.dataset import voc_palette
 from weaktr.data.images import load_image
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_probs
 from weaktr.io import save_label_png, write_probs

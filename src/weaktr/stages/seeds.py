@@ -8,7 +8,7 @@ from pathlib import Path
 
 from weaktr.cam.seeds import make_seeds
 from weaktr.crf import CRFParams
-from weaktr.data.dataset import voc_palette
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.io import write_json

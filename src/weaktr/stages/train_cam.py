@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from weaktr.data.dataset import ClassificationDataset
+from weaktr.data.torch_datasets import ClassificationDataset
 from weaktr.data.transforms import cam_train_transform
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
 from weaktr.engine.state import load_training_state, read_state_extra, save_training_state

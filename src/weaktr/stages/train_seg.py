@@ -31,8 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from weaktr.data.dataset import DatasetInfo, SegmentationDataset, short_list
 from weaktr.data.images import load_image, load_label_map
+from weaktr.data.info import DatasetInfo, short_list
+from weaktr.data.torch_datasets import SegmentationDataset
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.state import load_training_state, save_training_state
