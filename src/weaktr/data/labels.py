@@ -12,7 +12,7 @@ from PIL import Image
 
 from weaktr.data.info import short_list
 from weaktr.errors import InputError
-from weaktr.io import write_json
+from weaktr.io import read_npy_dict, write_json
 
 
 def labels_from_xml(ann_dir: Path, ids: Iterable[str], class_names: Sequence[str]) -> dict[str, list[int]]:
@@ -65,25 +65,13 @@ def labels_from_masks(
 def labels_from_cls_npy(path: str | Path) -> dict[str, list[int]]:
     """Labels from the authors' ``cls_labels.npy`` (a pickled dict id → multi-hot over label id − 1).
 
-    Pickle is allowed only for this explicitly named file. Keys like ``'<id>.jpg'`` lose the extension.
+    Read by :func:`weaktr.io.read_npy_dict`, which admits arrays only, never code. Keys like
+    ``'<id>.jpg'`` lose the extension.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("file not found", path)
-    try:
-        obj = np.load(path, allow_pickle=True)
-        table = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object else obj
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"not a readable cls_labels.npy ({exc})", path) from exc
-    if not isinstance(table, dict):
-        raise InputError(f"expected a pickled dict id -> multi-hot, got {type(table).__name__}", path)
     out = {}
-    for key, vec in table.items():
-        image_id = str(key)
-        image_id = (
-            image_id.rsplit(".", 1)[0] if image_id.lower().endswith((".jpg", ".png", ".jpeg")) else image_id
-        )
-        out[image_id] = [int(i) + 1 for i in np.flatnonzero(np.asarray(vec) > 0.5)]
+    for key, vec in read_npy_dict(path).items():
+        image_id = key.rsplit(".", 1)[0] if key.lower().endswith((".jpg", ".png", ".jpeg")) else key
+        out[image_id] = [int(i) + 1 for i in np.flatnonzero(vec > 0.5)]
     return out
 
 
