@@ -62,7 +62,8 @@ def _fake_voc(root: Path) -> None:
     (root / "ImageSets/Segmentation/train.txt").write_text("a\n")
     (root / "ImageSets/Segmentation/val.txt").write_text("b")
     (root / "ImageSets/Segmentation/trainaug.txt").write_text("a\nc\n")
-    (root / "ImageSets/Segmentation/test.txt").write_text("zz\n")
+    (root / "ImageSets/Segmentation/test.txt").write_text("zz\n")  # test images have no masks or labels
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "JPEGImages" / "zz.jpg")
 
 
 def test_prepare_voc_prefers_aug_masks_trainaug_and_xml(tmp_path):

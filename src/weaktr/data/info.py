@@ -6,7 +6,9 @@ training and inference code never needs to know where the data came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,18 @@ def write_id_list(path: str | Path, ids: Sequence[str]) -> None:
         tmp.write_text("".join(f"{i}\n" for i in ids))
 
 
+@contextmanager
+def output_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield ``out_dir``; if it did not exist and the block fails, remove it, so no half folder stays."""
+    existed = out_dir.exists()
+    try:
+        yield out_dir
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
 def relative_to_root(path: str | Path, root: Path) -> str:
     """``path`` relative to ``root`` when inside it (portable yaml), else absolute."""
     path = Path(path).resolve()
@@ -43,7 +57,10 @@ def relative_to_root(path: str | Path, root: Path) -> str:
 
 @dataclass
 class DatasetInfo:
-    """A prepared data set; paths are relative to ``root`` unless absolute (see docs/architecture.md)."""
+    """A prepared data set; paths are relative to ``root`` unless absolute (see docs/architecture.md).
+
+    ``checked`` is the fingerprint of the data check it passed (:mod:`weaktr.data.check`), if any.
+    """
 
     name: str
     root: Path
@@ -54,6 +71,7 @@ class DatasetInfo:
     image_labels: str = "image_labels.json"
     class_names: list[str] = field(default_factory=list)
     palette: str = "voc"
+    checked: str | None = None
     _labels: dict[str, list[int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     _FIELDS = (
@@ -66,6 +84,7 @@ class DatasetInfo:
         "image_labels",
         "class_names",
         "palette",
+        "checked",
     )
 
     # ---- (de)serialisation -------------------------------------------------------------------
@@ -107,6 +126,7 @@ class DatasetInfo:
             "image_labels": self.image_labels,
             "class_names": list(self.class_names),
             "palette": self.palette,
+            "checked": self.checked,
         }
 
     def save(self, path: str | Path) -> None:

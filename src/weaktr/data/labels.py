@@ -12,7 +12,7 @@ from PIL import Image
 
 from weaktr.data.info import short_list
 from weaktr.errors import InputError
-from weaktr.io import read_npy_dict, write_json
+from weaktr.io import read_npy_dict
 
 
 def labels_from_xml(ann_dir: Path, ids: Iterable[str], class_names: Sequence[str]) -> dict[str, list[int]]:
@@ -77,7 +77,6 @@ def labels_from_cls_npy(path: str | Path) -> dict[str, list[int]]:
 
 def build_image_labels(
     ids: Sequence[str],
-    out_path: Path,
     class_names: Sequence[str],
     annotations_dir: Path | None = None,
     masks_dir: Path | None = None,
@@ -85,7 +84,8 @@ def build_image_labels(
 ) -> dict[str, list[int]]:
     """Per image: labels from VOC XML if present, else from the mask, else from ``cls_labels.npy``.
 
-    Ids with none of the three are an error naming them; the result is cached as JSON at ``out_path``.
+    Ids with none of the three are an error naming them. Nothing is written: the caller saves the labels
+    once the whole data set has passed its check.
     """
     todo = list(dict.fromkeys(ids))
     labels: dict[str, list[int]] = {}
@@ -103,6 +103,4 @@ def build_image_labels(
         raise InputError(
             f"no XML, mask or cls_labels entry gives the labels of {len(rest)} image(s): {short_list(rest)}"
         )
-    ordered = {i: labels[i] for i in todo}
-    write_json(out_path, ordered)
-    return ordered
+    return {i: labels[i] for i in todo}
