@@ -4,6 +4,7 @@ Checkpoints are safetensors with the config that rebuilds the model in their met
 
 Every writer goes through :func:`atomic_write` so that a killed job never leaves a half file under
 the final name: readers (and the stage-skipping logic of ``weaktr run``) can trust any file they see.
+The temporary a kill leaves instead has one recognisable name, which :func:`sweep_temporaries` removes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +29,11 @@ from weaktr.errors import InputError
 CONFIG_KEY = "weaktr_config"
 
 
+# atomic_write's temporary beside ``<name>``: ``.<name>.<random>.tmp<suffix of name>``, the random
+# part as tempfile.mkstemp draws it (8 of lower-case letters, digits and '_')
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?$")
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -41,6 +48,29 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one :func:`atomic_write` gives its temporaries."""
+    m = _TEMPORARY.match(name)
+    return m is not None and (m["suffix"] or "") == Path(m["name"]).suffix
+
+
+def sweep_temporaries(root: str | Path) -> int:
+    """Remove the temporaries that killed writers left under ``root``; returns how many there were.
+
+    Only files named as :func:`atomic_write` names them, and only under ``root``: symlinked folders
+    (an ablation variant's links into its base run) are not entered. Call it while nothing writes
+    there, e.g. on the main rank before the other ranks start.
+    """
+    removed = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if is_temporary(name) and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -26,7 +26,7 @@ from weaktr.data.check import FileCheck, check_files, dataset_items, fingerprint
 from weaktr.data.info import DatasetInfo, output_folder, relative_to_root, short_list, write_id_list
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
-from weaktr.io import read_json, save_label_png, write_json
+from weaktr.io import read_json, save_label_png, sweep_temporaries, write_json
 
 IGNORE = 255
 
@@ -170,6 +170,7 @@ def prepare_coco(
     )
     check_files(checks, len(class_names))  # the images, and their sizes against the annotations
     with output_folder(out_dir):
+        sweep_temporaries(out_dir)  # left by a prepare that was killed
         if workers > 1 and len(jobs) > 1:
             with mp.get_context("fork").Pool(workers) as pool:
                 for _ in pool.imap_unordered(_paint_job, jobs, chunksize=16):

@@ -21,7 +21,7 @@ import numpy as np
 from weaktr.data.check import check_dataset
 from weaktr.data.info import DatasetInfo, output_folder, relative_to_root, short_list, write_id_list
 from weaktr.errors import InputError
-from weaktr.io import read_json, write_json
+from weaktr.io import read_json, sweep_temporaries, write_json
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -147,6 +147,7 @@ def prepare_folder(
     )
     info.checked = check_dataset(info, ids, workers)
     with output_folder(out_dir):
+        sweep_temporaries(out_dir)  # left by a prepare that was killed
         for split, members in splits.items():
             write_id_list(list_dir / f"{split}.txt", members)
         write_json(labels_path, labels)

@@ -12,7 +12,7 @@ from weaktr.data.check import check_dataset
 from weaktr.data.info import DatasetInfo, output_folder, relative_to_root
 from weaktr.data.labels import build_image_labels
 from weaktr.errors import InputError
-from weaktr.io import write_json
+from weaktr.io import sweep_temporaries, write_json
 
 VOC_CLASSES: tuple[str, ...] = (
     "background",
@@ -88,6 +88,7 @@ def prepare_voc(
     )
     info.checked = check_dataset(info, workers=workers)
     with output_folder(out_dir):
+        sweep_temporaries(out_dir)  # left by a prepare that was killed
         write_json(labels_path, labels)
         info.save(out_dir / "dataset.yaml")
     return info

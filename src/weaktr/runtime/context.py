@@ -20,8 +20,8 @@ from weaktr.data.check import check_files, dataset_items, fingerprint
 from weaktr.data.demo import generate_demo
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
-from weaktr.io import write_json
-from weaktr.runtime.distributed import DistInfo, init_distributed
+from weaktr.io import sweep_temporaries, write_json
+from weaktr.runtime.distributed import DistInfo, barrier, init_distributed
 from weaktr.runtime.layout import RunLayout
 from weaktr.runtime.logging import setup_logging
 
@@ -44,6 +44,16 @@ class RunContext:
     @property
     def layout(self) -> RunLayout:
         return RunLayout(self.run_dir)
+
+    def clear_temporaries(self, *folders: Path) -> None:
+        """Remove stale temporaries from output folders outside the run directory (``--out``) before a
+        stage resumes into them; the main rank sweeps while the others wait. open_run swept the rest."""
+        if self.dist.is_main:
+            run_dir = self.run_dir.resolve()
+            for folder in folders:
+                if not Path(folder).resolve().is_relative_to(run_dir):
+                    sweep_temporaries(folder)
+        barrier()
 
     def amp(self, requested: bool) -> bool:
         """The one AMP rule: bf16 where a section asks for it, on CUDA, or on the CPU with ``amp_cpu``."""
@@ -99,16 +109,20 @@ def run_dataset(run_dir: str | Path, dataset: str) -> DatasetInfo:
 def open_run(cfg: RunConfig, save: bool = True) -> RunContext:
     """Join torchrun (if launched by it), set threads, get the data, log to ``log.txt``, save the config.
 
-    The main rank gets the data set while the others wait, so a failing check leaves no run folder.
+    The main rank removes the temporaries a killed run left (:func:`weaktr.io.sweep_temporaries`) and
+    gets the data set while the others wait, so a failing check leaves no run folder.
     """
     dist = init_distributed(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
     setup_logging(None, is_main=dist.is_main)  # the console only, until the data set is known good
+    swept = sweep_temporaries(run_dir) if dist.is_main else 0  # before any rank writes again
     dataset = resolve_dataset(cfg, run_dir) if dist.is_main else None
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, is_main=dist.is_main)
+    if swept:
+        log.info("removed %d temporary file(s) that an interrupted run left in %s", swept, run_dir)
     if dist.is_main and save:
         save_config(cfg, RunLayout(run_dir).config)
     if dist.world > 1:

@@ -104,6 +104,7 @@ def gen_cam_stage(
             f"{ctx.dataset.name!r} has {ctx.dataset.num_fg}",
             model_path,
         )
+    ctx.clear_temporaries(out, *(also or {}).values())
     log.info("gen-cam: %s CAMs of split %r → %s", kind, split, out)
     for k, d in (also or {}).items():
         log.info("gen-cam: and %s CAMs → %s", k, d)

@@ -81,6 +81,7 @@ def predict_split(
     info, p = ctx.dataset, ctx.cfg.predict
     out_dir = Path(out_dir)
     nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
+    ctx.clear_temporaries(out_dir, nocrf_dir, probs_dir)
     model = load_segmenter(model_path, ctx.device)
     if model.n_cls != info.num_classes:
         raise InputError(
