@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from weaktr.data.dataset import DatasetInfo, write_id_list
+from weaktr.data.info import DatasetInfo, write_id_list
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -12,8 +12,8 @@ from conftest import TINY_CAM
 from test_train_seg import demo, tiny_overrides  # noqa: F401  (the module-scoped demo fixture)
 
 from weaktr.cli import main
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMConfig, build_cam_model, load_cam_model, map_official_key
 from weaktr.models.segmenter import SegConfig, build_segmenter, load_segmenter

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from weaktr.cli import main
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
 
 
 def _ok(capsys: pytest.CaptureFixture[str], *argv: str) -> list[str]:

@@ -9,17 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from weaktr.data.dataset import (
-    ClassificationDataset,
-    DatasetInfo,
-    ImageListDataset,
-    SegmentationDataset,
-    build_image_labels,
-    labels_from_cls_npy,
-    labels_from_masks,
-    voc_palette,
-    write_id_list,
-)
+from weaktr.data.info import DatasetInfo, write_id_list
+from weaktr.data.labels import build_image_labels, labels_from_cls_npy, labels_from_masks
+from weaktr.data.palette import voc_palette
+from weaktr.data.torch_datasets import ClassificationDataset, ImageListDataset, SegmentationDataset
 from weaktr.data.transforms import cam_eval_transform
 from weaktr.data.voc import VOC_CLASSES
 from weaktr.errors import InputError
@@ -123,22 +116,19 @@ def test_xml_takes_precedence_then_masks_then_cls_labels(tmp_path):
     Image.fromarray(np.array([[0, 7], [255, 9]], np.uint8), "L").save(masks / "b.png")
     table = {"c.jpg": np.eye(20, dtype=np.float32)[4], "b": np.eye(20, dtype=np.float32)[0]}
     np.save(tmp_path / "cls_labels.npy", table, allow_pickle=True)
-    out = tmp_path / "labels.json"
     labels = build_image_labels(
         ["a", "b", "c"],
-        out,
         VOC_CLASSES,
         annotations_dir=ann,
         masks_dir=masks,
         cls_labels=tmp_path / "cls_labels.npy",
     )
     assert labels == {"a": [12, 15], "b": [7, 9], "c": [5]}
-    assert out.is_file()
     with pytest.raises(InputError, match=r"image\(s\): zz"):
-        build_image_labels(["a", "zz"], out, VOC_CLASSES, annotations_dir=ann)
+        build_image_labels(["a", "zz"], VOC_CLASSES, annotations_dir=ann)
     (ann / "x.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
     with pytest.raises(InputError, match="unicorn"):
-        build_image_labels(["x"], out, VOC_CLASSES, annotations_dir=ann)
+        build_image_labels(["x"], VOC_CLASSES, annotations_dir=ann)
 
 
 def test_cls_labels_npy_reads_authors_format(tmp_path):

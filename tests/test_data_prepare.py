@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from weaktr.data.coco import paint_mask, prepare_coco
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.folder import prepare_folder
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
 from weaktr.data.voc import VOC_CLASSES, prepare_voc
 from weaktr.errors import InputError
 
@@ -62,7 +62,8 @@ def _fake_voc(root: Path) -> None:
     (root / "ImageSets/Segmentation/train.txt").write_text("a\n")
     (root / "ImageSets/Segmentation/val.txt").write_text("b")
     (root / "ImageSets/Segmentation/trainaug.txt").write_text("a\nc\n")
-    (root / "ImageSets/Segmentation/test.txt").write_text("zz\n")
+    (root / "ImageSets/Segmentation/test.txt").write_text("zz\n")  # test images have no masks or labels
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "JPEGImages" / "zz.jpg")
 
 
 def test_prepare_voc_prefers_aug_masks_trainaug_and_xml(tmp_path):

@@ -14,9 +14,10 @@ from pycocotools.coco import COCO
 from weaktr.cli import main
 from weaktr.config import load_config, save_config
 from weaktr.data.coco import prepare_coco
-from weaktr.data.dataset import DatasetInfo, voc_palette
 from weaktr.data.demo import generate_demo
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
+from weaktr.data.palette import voc_palette
 from weaktr.io import save_label_png
 
 

@@ -14,7 +14,8 @@ from conftest import TINY_CAM, add_splits
 from weaktr.cam.generate import generate_cams
 from weaktr.cam.seeds import make_seeds
 from weaktr.config import load_config
-from weaktr.data.dataset import DatasetInfo, voc_palette
+from weaktr.data.info import DatasetInfo
+from weaktr.data.palette import voc_palette
 from weaktr.data.voc import prepare_voc
 from weaktr.evaluation.metrics import evaluate_dirs
 from weaktr.models.cam import CAMConfig, build_cam_model

@@ -13,8 +13,8 @@ from test_train_seg import demo, tiny_ctx  # noqa: F401  (the module-scoped demo
 import weaktr.evaluation.inference as inf
 import weaktr.stages.predict as pr
 from weaktr.crf import CRFParams
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.images import load_image
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
 

@@ -14,9 +14,9 @@ from PIL import Image
 
 from weaktr.cli import main
 from weaktr.config import load_config, save_config
-from weaktr.data.dataset import voc_palette
 from weaktr.data.demo import generate_demo
 from weaktr.data.images import load_label_map
+from weaktr.data.palette import voc_palette
 from weaktr.evaluation.metrics import ConfusionMatrix, save_json
 from weaktr.io import save_label_png, write_json
 from weaktr.models.cam import CAMConfig, build_cam_model, save_cam_model

@@ -10,7 +10,7 @@ from PIL import Image
 
 from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
 from weaktr.crf import CRFParams
-from weaktr.data.dataset import voc_palette
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import load_cams, save_cams
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_train_cam import tiny_config
 from test_train_seg import demo, tiny_ctx  # noqa: F401  (the module-scoped demo fixture)
 
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.runtime.context import open_run
 from weaktr.runtime.tensorboard import Board, grid
 from weaktr.stages.train_cam import train_cam

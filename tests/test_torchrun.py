@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_train_seg import demo, tiny_overrides  # noqa: F401  (the module-scoped demo fixture)
 
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.engine.state import read_state_extra
 from weaktr.models.segmenter import load_segmenter
 

@@ -12,9 +12,9 @@ import torch
 
 import weaktr.stages.train_seg as ts
 from weaktr.config import RunConfig, load_config
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.demo import generate_demo
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
 from weaktr.engine.optim import poly_lr
 from weaktr.engine.state import load_training_state
 from weaktr.errors import InputError

@@ -19,7 +19,7 @@ from test_train_seg import demo  # noqa: F401  (the module-scoped demo fixture)
 import weaktr.stages.train_cam as tc
 import weaktr.stages.train_seg as ts
 from weaktr.cli import main
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.engine.state import STATE_KEY
 from weaktr.io import load_checkpoint
 

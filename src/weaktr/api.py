@@ -30,9 +30,9 @@ from PIL import Image
 from weaktr.cam.generate import multiscale_cam
 from weaktr.config import load_config
 from weaktr.crf import CRFParams, softmax_crf
-from weaktr.data.dataset import voc_palette
 from weaktr.data.folder import IMAGE_EXTS
 from weaktr.data.images import load_image
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_probs
 from weaktr.io import save_label_png

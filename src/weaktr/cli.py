@@ -2,7 +2,9 @@
 
 Every command module defines ``register(subparsers)``, which adds its parser and sets ``func``
 (called with the parsed namespace, returning an exit code). Bad input (``InputError``) is printed
-as one line naming the file and the problem, with exit code 2, instead of a traceback.
+as one line naming the file and the problem (one per file for a failed data check), with exit code 2,
+instead of a traceback; an InputError that torch re-raises from a DataLoader worker, with the worker's
+traceback in its message, is reduced to that original line.
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         return int(args.func(args) or 0)
-    except InputError as exc:
-        print(f"weaktr {args.command}: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # raised here, or in a DataLoader worker or a CRF / check process
+        for line in exc.lines():
+            print(f"weaktr {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"weaktr {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

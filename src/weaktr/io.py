@@ -4,12 +4,15 @@ Checkpoints are safetensors with the config that rebuilds the model in their met
 
 Every writer goes through :func:`atomic_write` so that a killed job never leaves a half file under
 the final name: readers (and the stage-skipping logic of ``weaktr run``) can trust any file they see.
+The temporary a kill leaves instead has one recognisable name, which :func:`sweep_temporaries` removes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +29,11 @@ from weaktr.errors import InputError
 CONFIG_KEY = "weaktr_config"
 
 
+# atomic_write's temporary beside ``<name>``: ``.<name>.<random>.tmp<suffix of name>``, the random
+# part as tempfile.mkstemp draws it (8 of lower-case letters, digits and '_')
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?$")
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -40,6 +48,29 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one :func:`atomic_write` gives its temporaries."""
+    m = _TEMPORARY.match(name)
+    return m is not None and (m["suffix"] or "") == Path(m["name"]).suffix
+
+
+def sweep_temporaries(root: str | Path) -> int:
+    """Remove the temporaries that killed writers left under ``root``; returns how many there were.
+
+    Only files named as :func:`atomic_write` names them, and only under ``root``: symlinked folders
+    (an ablation variant's links into its base run) are not entered. Call it while nothing writes
+    there, e.g. on the main rank before the other ranks start.
+    """
+    removed = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if is_temporary(name) and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -134,3 +165,64 @@ def write_probs(path: Path, probs: np.ndarray, classes: np.ndarray) -> None:
         np.savez_compressed(
             f, probs=np.asarray(probs, dtype=np.float16), classes=np.asarray(classes, dtype=np.int64)
         )
+
+
+# What ``np.save`` of a dict of numeric arrays pickles: the array rebuilder, ndarray and dtype. The
+# rebuilder is taken from numpy itself; numpy 1.x files name it under ``numpy.core``, numpy 2 under
+# ``numpy._core``.
+_REBUILD_ARRAY = np.empty(0).__reduce__()[0]
+_NPY_DICT_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _REBUILD_ARRAY,
+    ("numpy._core.multiarray", "_reconstruct"): _REBUILD_ARRAY,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _ArrayDictUnpickler(pickle.Unpickler):
+    """An unpickler that can build numpy arrays and plain containers, and refuses every other global.
+
+    A pickle runs code only through the globals it names (``os.system`` in ``__reduce__``, say), so
+    refusing all but the array rebuilders means a hostile file fails before anything of it runs.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _NPY_DICT_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which is refused") from None
+
+
+def read_npy_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Read an ``np.save``-d dict of str → numeric array (e.g. the authors' ``cls_labels.npy``) safely.
+
+    ``np.load(allow_pickle=True)`` would run whatever the pickle names; this reads the ``.npy`` header
+    itself and unpickles with :class:`_ArrayDictUnpickler`, then checks the result is such a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path)
+    fmt = np.lib.format
+    try:
+        with path.open("rb") as f:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} is not supported")
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            if dtype.kind != "O":
+                raise ValueError(f"it holds a plain {dtype} array of shape {shape}")
+            obj = _ArrayDictUnpickler(f, encoding="latin1").load()
+    except Exception as exc:  # a damaged pickle raises almost any type; all mean an unusable file
+        raise InputError(f"not a pickled dict of arrays ({exc})", path) from exc
+    table = obj.item() if isinstance(obj, np.ndarray) and obj.shape == () else obj
+    if not isinstance(table, dict):
+        raise InputError(f"not a pickled dict of arrays (it holds a {type(table).__name__})", path)
+    bad = [
+        repr(k)
+        for k, v in table.items()
+        if not isinstance(k, str) or not isinstance(v, np.ndarray) or v.dtype.kind not in "biuf"
+    ]
+    if bad:
+        raise InputError(f"not a dict of str -> numeric array (entries {', '.join(bad[:3])} are not)", path)
+    return table

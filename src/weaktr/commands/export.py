@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from weaktr.config import load_config
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.export import export_coco
 from weaktr.runtime.context import run_dataset

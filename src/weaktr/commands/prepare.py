@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from weaktr.data.coco import prepare_coco
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.folder import prepare_folder
+from weaktr.data.info import DatasetInfo
 from weaktr.data.voc import prepare_voc
 
 

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from weaktr.data.dataset import DatasetInfo, relative_to_root, short_list, voc_palette, write_id_list
+from weaktr.data.check import FileCheck, check_files, dataset_items, fingerprint
+from weaktr.data.info import DatasetInfo, output_folder, relative_to_root, short_list, write_id_list
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
-from weaktr.io import read_json, save_label_png, write_json
+from weaktr.io import read_json, save_label_png, sweep_temporaries, write_json
 
 IGNORE = 255
 
@@ -92,7 +94,8 @@ def prepare_coco(
     ``annotations`` is one or more instances JSON files (or a mapping split → file); ``splits`` names the
     splits of a sequence (default from the file names: ``instances_val2014.json`` → ``val``). Images are
     referenced in place: ``images_dir/<file_name>``, or ``<12-digit id>.jpg`` when the file names carry
-    the ``COCO_train2014_`` prefix but the folder was flattened without it.
+    the ``COCO_train2014_`` prefix but the folder was flattened without it. Every image is decoded in
+    full and its size compared with the annotations' first; nothing is written unless all pass.
     """
     if isinstance(annotations, Mapping):
         files = {str(k): Path(v) for k, v in annotations.items()}
@@ -113,7 +116,8 @@ def prepare_coco(
     categories: dict[int, str] = {}
     labels: dict[str, list[int]] = {}
     jobs: list[tuple[str, int, int, list[dict[str, Any]]]] = []
-    list_files: dict[str, Path] = {}
+    checks: list[FileCheck] = []
+    split_ids: dict[str, list[str]] = {}
     exts: list[str] = []
     for split, path in files.items():
         data = _read_instances(path)
@@ -141,24 +145,16 @@ def prepare_coco(
                 exts.append(file.suffix)
             labels[file.stem] = cats
             ids.append(file.stem)
-            jobs.append((str(mask_dir / f"{file.stem}.png"), int(img["height"]), int(img["width"]), anns))
+            hw = (int(img["height"]), int(img["width"]))
+            jobs.append((str(mask_dir / f"{file.stem}.png"), *hw, anns))
+            checks.append(FileCheck(file, hw=hw))
         if missing:
             raise InputError(
                 f"{len(missing)} image(s) of {path.name} not found: {short_list(missing)}", images_dir
             )
-        list_files[split] = list_dir / f"{split}.txt"
-        write_id_list(list_files[split], ids)
-
-    if workers > 1 and len(jobs) > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_paint_job, jobs, chunksize=16):
-                pass
-    else:
-        for job in jobs:
-            _paint_job(job)
+        split_ids[split] = ids
 
     labels_path = out_dir / "image_labels.json"
-    write_json(labels_path, labels)
     top = max([90, *categories])
     class_names = ["background"] + [categories.get(i, f"unused_{i}") for i in range(1, top + 1)]
     info = DatasetInfo(
@@ -167,10 +163,24 @@ def prepare_coco(
         images=str(images_dir),
         image_ext=exts[0] if len(exts) == 1 else (exts or [".jpg"]),
         masks=relative_to_root(mask_dir, out_dir),
-        splits={k: relative_to_root(v, out_dir) for k, v in list_files.items()},
+        splits={k: relative_to_root(list_dir / f"{k}.txt", out_dir) for k in split_ids},
         image_labels=relative_to_root(labels_path, out_dir),
         class_names=class_names,
         palette="voc",
     )
-    info.save(out_dir / "dataset.yaml")
+    check_files(checks, len(class_names))  # the images, and their sizes against the annotations
+    with output_folder(out_dir):
+        sweep_temporaries(out_dir)  # left by a prepare that was killed
+        if workers > 1 and len(jobs) > 1:
+            with mp.get_context("fork").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_paint_job, jobs, chunksize=16):
+                    pass
+        else:
+            for job in jobs:
+                _paint_job(job)
+        for split, ids in split_ids.items():
+            write_id_list(list_dir / f"{split}.txt", ids)
+        write_json(labels_path, labels)
+        info.checked = fingerprint(dataset_items(info, list(labels)), info.num_classes)
+        info.save(out_dir / "dataset.yaml")
     return info

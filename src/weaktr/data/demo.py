@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from weaktr.data.dataset import DatasetInfo, voc_palette, write_id_list
+from weaktr.data.check import dataset_items, fingerprint
+from weaktr.data.info import DatasetInfo, write_id_list
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, save_label_png, write_json
 
@@ -242,6 +244,7 @@ def generate_demo(
         class_names=["background", *SHAPES[:n_classes]],
         palette="voc",
     )
+    info.checked = fingerprint(dataset_items(info, ids), info.num_classes)  # valid as generated
     info.save(root / "dataset.yaml")
     write_json(marker, params)
     return info

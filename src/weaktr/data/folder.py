@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from weaktr.data.dataset import DatasetInfo, relative_to_root, short_list, write_id_list
+from weaktr.data.check import check_dataset
+from weaktr.data.info import DatasetInfo, output_folder, relative_to_root, short_list, write_id_list
 from weaktr.errors import InputError
-from weaktr.io import read_json, write_json
+from weaktr.io import read_json, sweep_temporaries, write_json
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -67,12 +68,14 @@ def prepare_folder(
     class_names: Sequence[str] | None = None,
     seed: int = 0,
     name: str = "custom",
+    workers: int | None = None,
 ) -> DatasetInfo:
     """Write image labels, split lists and ``dataset.yaml`` for a custom data set (images stay in place).
 
     ``class_names`` fixes the label ids (first name = id 1; a leading ``background`` is accepted); by
     default the sorted names found in the labels file. ``masks_dir`` holds optional ``<stem>.png`` masks
-    using the same ids.
+    using the same ids. Every image and mask is checked first (``workers`` processes, default all
+    cores); nothing is written unless all pass.
     """
     images_dir, labels_file, out_dir = Path(images_dir).resolve(), Path(labels_file), Path(out_dir).resolve()
     if not images_dir.is_dir():
@@ -130,10 +133,7 @@ def prepare_folder(
         masks = str(masks_path)
 
     list_dir = out_dir / "ImageSets" / "Segmentation"
-    for split, members in splits.items():
-        write_id_list(list_dir / f"{split}.txt", members)
     labels_path = out_dir / "image_labels.json"
-    write_json(labels_path, labels)
     info = DatasetInfo(
         name=name,
         root=out_dir,
@@ -145,5 +145,11 @@ def prepare_folder(
         class_names=["background", *fg],
         palette="voc",
     )
-    info.save(out_dir / "dataset.yaml")
+    info.checked = check_dataset(info, ids, workers)
+    with output_folder(out_dir):
+        sweep_temporaries(out_dir)  # left by a prepare that was killed
+        for split, members in splits.items():
+            write_id_list(list_dir / f"{split}.txt", members)
+        write_json(labels_path, labels)
+        info.save(out_dir / "dataset.yaml")
     return info

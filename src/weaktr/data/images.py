@@ -1,7 +1,9 @@
 """Reading images and label maps with errors that name the file, so one bad file in 100k is findable.
 
-Images are returned as they are stored (no EXIF rotation): VOC / COCO masks are aligned with the
-stored pixels, and rotating the photo would misalign them.
+Images are returned as they are stored: the EXIF orientation tag is ignored, for images and masks
+alike, because VOC / COCO masks (and COCO's polygons) are aligned with the stored pixels and rotating
+the photo would misalign them. The data check counts images that carry a rotating tag and says so.
+Any mode is converted to 8-bit RGB (see :func:`_to_rgb`); label maps must be palette or greyscale.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from weaktr.errors import InputError
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _LABEL_MODES = ("P", "L")
+_EXIF_ORIENTATION = 0x0112
 
 
 def _open_decoded(path: Path) -> Image.Image:
     """Open and fully decode ``path`` (PIL decodes lazily, so truncation shows only on load)."""
     if not path.is_file():
         raise InputError("file not found", path)
+    if path.stat().st_size == 0:
+        raise InputError("empty file (0 bytes)", path)
     try:
         img = Image.open(path)
         img.load()
@@ -53,6 +58,12 @@ def load_image(path: str | Path) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
         raise InputError(f"decoded to an unusable array of shape {arr.shape}", path)
     return arr
+
+
+def exif_rotates(path: str | Path) -> bool:
+    """Whether the file's EXIF orientation tag asks viewers to rotate or flip it (weaktr does not)."""
+    with Image.open(path) as img:
+        return img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1)
 
 
 def load_label_map(

@@ -18,8 +18,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from weaktr.data.dataset import DatasetInfo, SegmentationDataset, short_list
 from weaktr.data.images import load_image, load_label_map
+from weaktr.data.info import DatasetInfo, short_list
+from weaktr.data.torch_datasets import SegmentationDataset
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.errors import InputError
 from weaktr.losses import IGNORE_INDEX

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from weaktr.data.dataset import DatasetInfo, build_image_labels, relative_to_root
+from weaktr.data.check import check_dataset
+from weaktr.data.info import DatasetInfo, output_folder, relative_to_root
+from weaktr.data.labels import build_image_labels
 from weaktr.errors import InputError
+from weaktr.io import sweep_temporaries, write_json
 
 VOC_CLASSES: tuple[str, ...] = (
     "background",
@@ -39,12 +42,15 @@ _LISTS = (("train", "train.txt"), ("val", "val.txt"), ("test", "test.txt"))
 _TRAIN_AUG = ("train_aug.txt", "trainaug.txt")
 
 
-def prepare_voc(root: str | Path, out: str | Path | None = None, name: str = "voc") -> DatasetInfo:
+def prepare_voc(
+    root: str | Path, out: str | Path | None = None, name: str = "voc", workers: int | None = None
+) -> DatasetInfo:
     """Describe a VOC 2012 folder (``JPEGImages``, masks, ``ImageSets/Segmentation/*.txt``).
 
     Prefers ``SegmentationClassAug`` over ``SegmentationClass``; adds split ``train_aug`` when SBD's list
     (``train_aug.txt`` or ``trainaug.txt``) is present. Image labels come from ``Annotations/<id>.xml``
-    when present, else from the masks; the test split needs none.
+    when present, else from the masks; the test split needs none. Every listed image and mask is
+    checked first (``workers`` processes, default all cores); nothing is written unless all pass.
     """
     root = Path(root).resolve()
     out_dir = Path(out).resolve() if out is not None else root
@@ -62,13 +68,13 @@ def prepare_voc(root: str | Path, out: str | Path | None = None, name: str = "vo
     if not set(splits) - {"test"}:
         raise InputError("no train/val lists in ImageSets/Segmentation", root)
 
-    ids: list[str] = []
+    labelled: list[str] = []
     for split, list_file in splits.items():
         if split != "test":
-            ids += [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
-    labels_path = out_dir / "image_labels.json"
-    build_image_labels(ids, labels_path, VOC_CLASSES, annotations_dir=root / "Annotations", masks_dir=masks)
+            labelled += [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    labels = build_image_labels(labelled, VOC_CLASSES, annotations_dir=root / "Annotations", masks_dir=masks)
 
+    labels_path = out_dir / "image_labels.json"
     info = DatasetInfo(
         name=name,
         root=out_dir,
@@ -80,5 +86,9 @@ def prepare_voc(root: str | Path, out: str | Path | None = None, name: str = "vo
         class_names=list(VOC_CLASSES),
         palette="voc",
     )
-    info.save(out_dir / "dataset.yaml")
+    info.checked = check_dataset(info, workers=workers)
+    with output_folder(out_dir):
+        sweep_temporaries(out_dir)  # left by a prepare that was killed
+        write_json(labels_path, labels)
+        info.save(out_dir / "dataset.yaml")
     return info

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from weaktr.config import RunConfig, load_config
-from weaktr.data.dataset import DatasetInfo, voc_palette
 from weaktr.data.images import load_image, load_label_map
+from weaktr.data.info import DatasetInfo
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, read_json
 from weaktr.models.cam import CAMNet, load_cam_model

@@ -1,24 +1,31 @@
 """The run a stage works in: its merged config, run directory layout, data set and process placement.
 
 :func:`open_run` is the one door into a run: it joins torchrun when launched by it, sets threads,
-starts ``log.txt``, saves the merged config beside the outputs and prepares the data set, so that a
-stage run alone (``weaktr gen-cam``) does exactly what it does inside ``weaktr run``.
+gets the data set (checked before anything is written, unless ``prepare`` checked it), starts
+``log.txt`` and saves the merged config beside the outputs, so that a stage run alone
+(``weaktr gen-cam``) does exactly what it does inside ``weaktr run``.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from weaktr.config import RunConfig, save_config
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.check import check_files, dataset_items, fingerprint
 from weaktr.data.demo import generate_demo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
-from weaktr.runtime.distributed import DistInfo, init_distributed
+from weaktr.io import sweep_temporaries, write_json
+from weaktr.runtime.distributed import DistInfo, barrier, init_distributed
 from weaktr.runtime.layout import RunLayout
 from weaktr.runtime.logging import setup_logging
+
+log = logging.getLogger("weaktr")
 
 
 @dataclass
@@ -38,18 +45,51 @@ class RunContext:
     def layout(self) -> RunLayout:
         return RunLayout(self.run_dir)
 
+    def clear_temporaries(self, *folders: Path) -> None:
+        """Remove stale temporaries from output folders outside the run directory (``--out``) before a
+        stage resumes into them; the main rank sweeps while the others wait. open_run swept the rest."""
+        if self.dist.is_main:
+            run_dir = self.run_dir.resolve()
+            for folder in folders:
+                if not Path(folder).resolve().is_relative_to(run_dir):
+                    sweep_temporaries(folder)
+        barrier()
+
     def amp(self, requested: bool) -> bool:
         """The one AMP rule: bf16 where a section asks for it, on CUDA, or on the CPU with ``amp_cpu``."""
         return requested and (self.device.type == "cuda" or self.cfg.amp_cpu)
 
 
 def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
-    """The prepared data set of ``cfg.data``; ``demo`` is generated into the run's data folder first."""
-    if cfg.data.dataset == "demo":
+    """The prepared data set of ``cfg.data``; ``demo`` is generated into the run's data folder first.
+
+    A data set whose ``checked`` fingerprint does not match its files (or that has none: not made by
+    ``weaktr prepare``) is checked once; the run keeps the passing fingerprint in ``data_check.json``.
+    """
+    if cfg.data.dataset == "demo":  # generated here, so valid by construction
         d = cfg.data.demo
         out = RunLayout(run_dir).demo_data
         return generate_demo(out, d.n_train, d.n_val, d.size, d.n_classes, d.seed, workers=2)
-    return DatasetInfo.load(cfg.data.dataset)
+    info = DatasetInfo.load(cfg.data.dataset)
+    items = dataset_items(info)
+    done = fingerprint(items, info.num_classes)
+    stamp = RunLayout(run_dir).data_check
+    if done in (info.checked, _stamped(stamp)):
+        return info
+    log.info(
+        "data set %r: checking %d images (prepare did not check them as they are now)", info.name, len(items)
+    )
+    check_files(items, info.num_classes)
+    write_json(stamp, {"dataset": str(Path(cfg.data.dataset).resolve()), "fingerprint": done})
+    return info
+
+
+def _stamped(stamp: Path) -> str | None:
+    """The fingerprint a previous call of this run recorded, if any."""
+    try:
+        return str(json.loads(stamp.read_text())["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_dataset(run_dir: str | Path, dataset: str) -> DatasetInfo:
@@ -67,16 +107,24 @@ def run_dataset(run_dir: str | Path, dataset: str) -> DatasetInfo:
 
 
 def open_run(cfg: RunConfig, save: bool = True) -> RunContext:
-    """Join torchrun (if launched by it), set threads, log to ``log.txt``, save the config, get the data."""
+    """Join torchrun (if launched by it), set threads, get the data, log to ``log.txt``, save the config.
+
+    The main rank removes the temporaries a killed run left (:func:`weaktr.io.sweep_temporaries`) and
+    gets the data set while the others wait, so a failing check leaves no run folder.
+    """
     dist = init_distributed(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
+    setup_logging(None, is_main=dist.is_main)  # the console only, until the data set is known good
+    swept = sweep_temporaries(run_dir) if dist.is_main else 0  # before any rank writes again
+    dataset = resolve_dataset(cfg, run_dir) if dist.is_main else None
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, is_main=dist.is_main)
+    if swept:
+        log.info("removed %d temporary file(s) that an interrupted run left in %s", swept, run_dir)
     if dist.is_main and save:
         save_config(cfg, RunLayout(run_dir).config)
-    dataset = resolve_dataset(cfg, run_dir) if dist.is_main else None
     if dist.world > 1:
         torch.distributed.barrier()
         dataset = dataset or resolve_dataset(cfg, run_dir)

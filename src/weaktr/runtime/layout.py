@@ -40,6 +40,11 @@ class RunLayout:
         return self.root / "summary.json"
 
     @property
+    def data_check(self) -> Path:
+        """The fingerprint of the data check this run made of a data set that ``prepare`` did not check."""
+        return self.root / "data_check.json"
+
+    @property
     def demo_data(self) -> Path:
         """The generated demo data set (``data.dataset: demo``)."""
         return self.root / "data"

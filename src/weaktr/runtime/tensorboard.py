@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from weaktr.data.dataset import voc_palette
+from weaktr.data.palette import voc_palette
 
 log = logging.getLogger("weaktr")
 

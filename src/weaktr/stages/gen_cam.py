@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from weaktr.cam.generate import CAM_KINDS, DEFAULT_MAX_PIXELS, generate_cams
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.models.cam import load_cam_model
 from weaktr.models.timm_factory import normalisation
@@ -104,6 +104,7 @@ def gen_cam_stage(
             f"{ctx.dataset.name!r} has {ctx.dataset.num_fg}",
             model_path,
         )
+    ctx.clear_temporaries(out, *(also or {}).values())
     log.info("gen-cam: %s CAMs of split %r → %s", kind, split, out)
     for k, d in (also or {}).items():
         log.info("gen-cam: and %s CAMs → %s", k, d)

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from weaktr.crf import CRFParams, softmax_crf
-from weaktr.data.dataset import voc_palette
 from weaktr.data.images import load_image
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import inference_precision, predict_probs
 from weaktr.io import save_label_png, write_probs
@@ -81,6 +81,7 @@ def predict_split(
     info, p = ctx.dataset, ctx.cfg.predict
     out_dir = Path(out_dir)
     nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
+    ctx.clear_temporaries(out_dir, nocrf_dir, probs_dir)
     model = load_segmenter(model_path, ctx.device)
     if model.n_cls != info.num_classes:
         raise InputError(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from weaktr.cam.seeds import seed_from_cams
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import (
     ConfusionMatrix,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from weaktr.cam.seeds import make_seeds
 from weaktr.crf import CRFParams
-from weaktr.data.dataset import voc_palette
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.io import write_json
@@ -59,6 +59,7 @@ def choose_threshold(ctx: RunContext, cam_dir: Path) -> float:
 def seeds_stage(ctx: RunContext, cam_dir: str | Path, crf: bool, out_dir: str | Path) -> Path:
     """Seed label PNGs (palette of the data set) from every CAM file in ``cam_dir``; CRF optional."""
     cam_dir, out = Path(cam_dir), Path(out_dir)
+    ctx.clear_temporaries(out)
     threshold = choose_threshold(ctx, cam_dir)
     sc = ctx.cfg.seeds
     params = CRFParams.preset(f"{sc.crf_preset}_label", **sc.crf_params.set_values()) if crf else None

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from weaktr.cam.generate import multiscale_cam
-from weaktr.data.dataset import ClassificationDataset
 from weaktr.data.images import load_image
+from weaktr.data.torch_datasets import ClassificationDataset
 from weaktr.data.transforms import cam_train_transform
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from weaktr.data.dataset import SegmentationDataset
 from weaktr.data.images import load_image, load_label_map
 from weaktr.data.seed_labels import SeedAndGTTransform, SeedGTDataset, check_label_maps
+from weaktr.data.torch_datasets import SegmentationDataset
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
