@@ -41,6 +41,7 @@ from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
 from weaktr.evaluation.inference import (
     MS_RATIOS,
+    InferenceSettings,
     predict_probs,
     scaled_size,
     to_input,
@@ -151,7 +152,9 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[st
 
     def run(name: str, **kw: Any) -> Callable[[], None]:
         def fn() -> None:
-            preds[name] = predict_probs(model, image, window_batch=window_batch, **kw).argmax(0)
+            preds[name] = predict_probs(
+                model, image, InferenceSettings(window_batch=window_batch, **kw)
+            ).argmax(0)
 
         return fn
 

@@ -86,10 +86,11 @@ def test_cpu_inference_context_fuses_fp32_blocks_and_restores_them(monkeypatch: 
             return super().__call__(t)
 
     monkeypatch.setattr(inf, "FusedBlock", Spy)
-    (fused,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16)
+    settings = inf.InferenceSettings(window=32, stride=16, window_batch=16)
+    (fused,) = inf.sliding_window_logits(model, x, settings)
     blocks = [*model.encoder.blocks, *model.decoder.blocks]
     assert len(calls) == len(blocks)  # one batch of windows through every block
     assert not any("forward" in vars(b) for b in blocks)
-    with torch.no_grad(), inf.inference_precision(model, torch.device("cpu"), amp=False):
+    with torch.no_grad(), inf.inference_precision(model, settings, torch.device("cpu")):
         torch.testing.assert_close(model.forward_masks(x[:, :, :32, :32]), ref, atol=1e-5, rtol=1e-5)
     assert fused.shape == (2, 5, 40, 56)

@@ -6,6 +6,8 @@ variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from dec
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
 batched through the model in chunks. On the CPU the ViT blocks run fused oneDNN kernels; ``amp`` means
 bf16 autocast on CUDA and, on the CPU, bf16 in the encoder's transformer blocks only (:func:`_cpu_blocks`).
+Every setting travels in one :class:`InferenceSettings`, made from the config by
+:meth:`InferenceSettings.from_config`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -21,9 +24,66 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weaktr.config import PredictConfig
+from weaktr.errors import InputError
 from weaktr.models.cpu_blocks import FusedBlock, is_plain_block
+from weaktr.models.timm_factory import normalise
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a segmenter is run over an image; the defaults are the authors' VOC test (spec §2.5).
+
+    ``scales`` are ratios of ``base_size``, the short side at ratio 1 (None keeps the image's own
+    size); ``window``/``stride`` the sliding window; ``window_batch`` windows go through the model
+    at once; ``ensemble_weight`` weighs the decoder-layer-1 output (0 or None: P2 alone); ``amp``
+    runs bf16 (see :func:`inference_precision`).
+    """
+
+    scales: tuple[float, ...] = MS_RATIOS
+    flip: bool = True
+    window: int = 480
+    stride: int = 320
+    base_size: int | None = 520
+    window_batch: int = 8
+    ensemble_weight: float | None = 0.8
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
+        bad = [
+            f"{name} must be > 0 (got {value})"
+            for name, value in (
+                ("window", self.window),
+                ("stride", self.stride),
+                ("window_batch", self.window_batch),
+            )
+            if value <= 0
+        ]
+        if not self.scales or min(self.scales) <= 0:
+            bad.append(f"scales must be positive ratios (got {list(self.scales)})")
+        if bad:
+            raise InputError(f"inference settings: {'; '.join(bad)}")
+
+    @classmethod
+    def from_config(cls, p: PredictConfig, amp: bool = False) -> InferenceSettings:
+        """The settings of a config's ``predict`` section; ``amp`` is the caller's resolved AMP choice
+        (``RunContext.amp``), as the evaluation during training takes it from ``seg_train``."""
+        return cls(
+            scales=tuple(p.scales),
+            flip=p.flip,
+            window=p.window,
+            stride=p.stride,
+            base_size=p.base_size,
+            window_batch=p.window_batch,
+            ensemble_weight=p.ensemble_weight,
+            amp=amp,
+        )
+
+
+DEFAULT_SETTINGS = InferenceSettings()
 
 
 def window_anchors(size: int, window: int, stride: int) -> list[int]:
@@ -52,16 +112,10 @@ def to_input(
     image: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device
 ) -> torch.Tensor:
     """uint8 H×W×3 (numpy or tensor) -> normalised (1, 3, H, W); a float (3, H, W) passes as normalised."""
-    t = torch.as_tensor(image)
-    if t.dtype == torch.uint8:
-        if t.ndim != 3 or t.shape[-1] != 3:
-            raise ValueError(f"uint8 images must be H×W×3, got shape {tuple(t.shape)}")
-        t = t.to(device).permute(2, 0, 1).float().div(255.0)
-        m = torch.tensor(mean, device=device).view(3, 1, 1)
-        s = torch.tensor(std, device=device).view(3, 1, 1)
-        t = (t - m) / s
+    if image.dtype == (np.uint8 if isinstance(image, np.ndarray) else torch.uint8):
+        t = normalise(image, mean, std, device)
     else:
-        t = t.to(device=device, dtype=torch.float32)
+        t = torch.as_tensor(image).to(device=device, dtype=torch.float32)
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[:2] != (1, 3):
@@ -124,15 +178,18 @@ def _run_bf16(module: nn.Module | FusedBlock, *args: Any, **kwargs: Any) -> torc
     return module(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()}).float()
 
 
-def inference_precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA; on the CPU the fused blocks of :func:`_cpu_blocks`, bf16 encoder with amp.
+def inference_precision(
+    model: nn.Module, settings: InferenceSettings, device: torch.device
+) -> AbstractContextManager[None]:
+    """bf16 autocast on CUDA with ``settings.amp``; on the CPU the fused blocks of :func:`_cpu_blocks`
+    (bf16 encoder with amp).
 
     The inference functions enter it themselves; a caller looping over many images enters it once
     around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
     """
     if device.type == "cpu":
-        return _cpu_blocks(model, bf16=amp)
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+        return _cpu_blocks(model, bf16=settings.amp)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if settings.amp else nullcontext()
 
 
 def resize_matrix(out_size: int, in_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -166,11 +223,8 @@ def _axis_maps(
 def sliding_window_logits(
     model: nn.Module,
     images: torch.Tensor,
-    window: int = 480,
-    stride: int = 320,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     layer1: bool = False,
-    window_batch: int = 8,
-    amp: bool = False,
     out_size: tuple[int, int] | None = None,
 ) -> list[torch.Tensor]:
     """(N, 3, H, W) same-size images -> per output, (N, C, *out_size) logits averaged over covering windows.
@@ -180,6 +234,7 @@ def sliding_window_logits(
     masks on its patch grid (``forward_masks``); upsampling, averaging and resizing are folded into
     one matrix per window anchor and axis (:func:`_axis_maps`), so no full-size window logits exist.
     """
+    window, stride, window_batch = settings.window, settings.stride, settings.window_batch
     N, _, H, W = images.shape
     out_h, out_w = out_size or (H, W)
     x = F.pad(images, (0, max(0, window - W), 0, max(0, window - H)))
@@ -189,7 +244,7 @@ def sliding_window_logits(
     cols = _axis_maps(W, out_w, window, stride, grid, patch, x.device)
     jobs = [(n, a, b) for n in range(N) for a in rows for b in cols]
     tiles: list[list[torch.Tensor]] = []  # per output, each job's (C, grid, grid) masks in job order
-    with inference_precision(model, x.device, amp):
+    with inference_precision(model, settings, x.device):
         for i in range(0, len(jobs), window_batch):
             chunk = jobs[i : i + window_batch]
             crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
@@ -232,34 +287,25 @@ def _variant_inputs(
 def multiscale_probs(
     model: nn.Module,
     image: np.ndarray | torch.Tensor,
-    scales: Sequence[float] = MS_RATIOS,
-    flip: bool = True,
-    window: int = 480,
-    stride: int = 320,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     layer1: bool = True,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     device: torch.device | None = None,
-    amp: bool = False,
-    base_size: int | None = 520,
-    window_batch: int = 8,
 ) -> list[torch.Tensor]:
     """[P2] or [P2, P1]: softmax probabilities (n_cls, H, W) averaged over the scale/flip variants.
 
-    ``base_size`` is the short side at ratio 1 (None keeps the image's own size). ``mean``/``std``
-    default to the model's; they only apply to uint8 input.
+    A uint8 image is normalised with the model's ``mean``/``std``; a float one is taken as normalised.
     """
     device = device or next(model.parameters()).device
-    x = to_input(image, mean or model.mean, std or model.std, device)
+    x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
     sums: list[torch.Tensor] = []
     n_variants = 0
-    with _eval_mode(model), inference_precision(model, device, amp):
-        for ratio in scales:
-            batch = _variant_inputs(x, ratio, base_size, window, flip)
-            outs = sliding_window_logits(model, batch, window, stride, layer1, window_batch, amp, (H, W))
+    with _eval_mode(model), inference_precision(model, settings, device):
+        for ratio in settings.scales:
+            batch = _variant_inputs(x, ratio, settings.base_size, settings.window, settings.flip)
+            outs = sliding_window_logits(model, batch, settings, layer1, (H, W))
             for i, logits in enumerate(outs):
-                if flip:
+                if settings.flip:
                     logits = torch.cat([logits[:1], logits[1:].flip(-1)])
                 p = logits.softmax(dim=1).sum(0)
                 if len(sums) <= i:
@@ -273,47 +319,33 @@ def multiscale_probs(
 def predict_probs(
     model: nn.Module,
     image: np.ndarray | torch.Tensor,
-    scales: Sequence[float] = MS_RATIOS,
-    flip: bool = True,
-    window: int = 480,
-    stride: int = 320,
-    ensemble_weight: float | None = 0.8,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     device: torch.device | None = None,
-    amp: bool = False,
-    base_size: int | None = 520,
-    window_batch: int = 8,
 ) -> torch.Tensor:
     """Multi-scale/flip sliding-window score (n_cls, H, W) float32 on ``device``.
 
     The score is ``ensemble_weight·P1 + P2`` (the authors' default ``multi`` test), or P2 alone when
-    the weight is None or 0; see :func:`multiscale_probs` for the other arguments.
+    the weight is None or 0; see :func:`multiscale_probs`.
     """
-    use_l1 = bool(ensemble_weight)
-    probs = multiscale_probs(
-        model, image, scales, flip, window, stride, use_l1, mean, std, device, amp, base_size, window_batch
-    )
-    return probs[0] + ensemble_weight * probs[1] if use_l1 else probs[0]
+    weight = settings.ensemble_weight
+    probs = multiscale_probs(model, image, settings, bool(weight), device)
+    return probs[0] + weight * probs[1] if weight else probs[0]
 
 
 def predict_logits(
     model: nn.Module,
     image: np.ndarray | torch.Tensor,
-    window: int = 480,
-    stride: int = 320,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     device: torch.device | None = None,
-    amp: bool = False,
-    base_size: int | None = 520,
-    window_batch: int = 8,
 ) -> torch.Tensor:
-    """Single-scale, no-flip window-averaged logits (n_cls, H, W) at image size: the per-epoch evaluation."""
+    """Single-scale, no-flip window-averaged logits (n_cls, H, W) at image size: the per-epoch evaluation.
+
+    Only the window, stride, base size, window batch and amp of ``settings`` apply.
+    """
     device = device or next(model.parameters()).device
-    x = to_input(image, mean or model.mean, std or model.std, device)
+    x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
-    with _eval_mode(model), inference_precision(model, device, amp):
-        batch = _variant_inputs(x, 1.0, base_size, window, flip=False)
-        (logits,) = sliding_window_logits(model, batch, window, stride, False, window_batch, amp, (H, W))
+    with _eval_mode(model), inference_precision(model, settings, device):
+        batch = _variant_inputs(x, 1.0, settings.base_size, settings.window, flip=False)
+        (logits,) = sliding_window_logits(model, batch, settings, False, (H, W))
     return logits[0]

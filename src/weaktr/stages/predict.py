@@ -27,7 +27,7 @@ from weaktr.crf import CRFParams, softmax_crf
 from weaktr.data.dataset import voc_palette
 from weaktr.data.images import load_image
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import inference_precision, predict_probs
+from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
 from weaktr.io import save_label_png, write_probs
 from weaktr.models.segmenter import load_segmenter
 from weaktr.runtime.context import RunContext
@@ -96,36 +96,24 @@ def predict_split(
     ]
     palette = voc_palette() if info.palette == "voc" else None
     params = CRFParams.preset(f"{p.crf_preset}_softmax", **p.crf_params.set_values()) if crf else None
-    amp = ctx.amp(p.amp)
-    weight = p.ensemble_weight or None
+    settings = InferenceSettings.from_config(p, amp=ctx.amp(p.amp))
+    total_weight = 1.0 + (settings.ensemble_weight or 0.0)
     workers = p.workers or max(1, len(os.sched_getaffinity(0)) // ctx.dist.world)
     if len(todo) < len(ids):
         log.info("predict %s: %d of %d images done before, skipped", split, len(ids) - len(todo), len(ids))
     out_dir.mkdir(parents=True, exist_ok=True)
     queue = _CRFQueue(workers if crf else 0)
     try:
-        with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+        with inference_precision(model, settings, ctx.device):  # one bf16 copy for the split
             for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
                 image = load_image(info.image_path(image_id))
-                score = predict_probs(
-                    model,
-                    image,
-                    p.scales,
-                    p.flip,
-                    p.window,
-                    p.stride,
-                    weight,
-                    device=ctx.device,
-                    amp=amp,
-                    base_size=p.base_size,
-                    window_batch=p.window_batch,
-                )
+                score = predict_probs(model, image, settings, ctx.device)
                 pred = score.argmax(0)
                 keys = torch.unique(pred)
                 present = score[keys].cpu().numpy()
                 keys_np = keys.cpu().numpy()
                 if save_probs:
-                    write_probs(probs_dir / f"{image_id}.npz", present / (1.0 + (weight or 0.0)), keys_np)
+                    write_probs(probs_dir / f"{image_id}.npz", present / total_weight, keys_np)
                 labels = pred.cpu().numpy().astype(np.uint8)
                 if params is None:
                     save_label_png(out_dir / f"{image_id}.png", labels, palette)

@@ -37,7 +37,7 @@ from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.state import load_training_state, save_training_state
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import inference_precision, predict_logits
+from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
 from weaktr.io import write_json
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
@@ -216,22 +216,13 @@ class _Meter:
 def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[str, Any]:
     """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced)."""
     info, p, st = ctx.dataset, ctx.cfg.predict, ctx.cfg.seg_train
-    amp = ctx.amp(st.amp)
+    settings = InferenceSettings.from_config(p, amp=ctx.amp(st.amp))
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
-    with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+    with inference_precision(model, settings, ctx.device):  # one bf16 copy for the split
         for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
             image = load_image(info.image_path(image_id))
-            logits = predict_logits(
-                model,
-                image,
-                window=p.window,
-                stride=p.stride,
-                device=ctx.device,
-                amp=amp,
-                base_size=p.base_size,
-                window_batch=p.window_batch,
-            )
+            logits = predict_logits(model, image, settings, ctx.device)
             cm.update(logits.argmax(0), load_label_map(info.mask_path(image_id), image.shape[:2]))
     cm.all_reduce()
     return cm.scores()
