@@ -13,7 +13,7 @@ Every setting travels in one :class:`InferenceSettings`, made from the config by
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +26,7 @@ from torch import nn
 
 from weaktr.config import PredictConfig
 from weaktr.errors import InputError
-from weaktr.models.cpu_blocks import FusedBlock, is_plain_block
+from weaktr.models.cpu_blocks import fuse
 from weaktr.models.timm_factory import normalise
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -39,7 +39,8 @@ class InferenceSettings:
     ``scales`` are ratios of ``base_size``, the short side at ratio 1 (None keeps the image's own
     size); ``window``/``stride`` the sliding window; ``window_batch`` windows go through the model
     at once; ``ensemble_weight`` weighs the decoder-layer-1 output (0 or None: P2 alone); ``amp``
-    runs bf16 (see :func:`inference_precision`).
+    runs bf16 and ``fused_cpu`` lets the CPU use the self-checked fused ViT blocks (see
+    :func:`inference_precision`).
     """
 
     scales: tuple[float, ...] = MS_RATIOS
@@ -50,6 +51,7 @@ class InferenceSettings:
     window_batch: int = 8
     ensemble_weight: float | None = 0.8
     amp: bool = False
+    fused_cpu: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
@@ -80,6 +82,7 @@ class InferenceSettings:
             window_batch=p.window_batch,
             ensemble_weight=p.ensemble_weight,
             amp=amp,
+            fused_cpu=p.fused_cpu,
         )
 
 
@@ -136,7 +139,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _cpu_blocks(model: nn.Module, bf16: bool) -> Iterator[None]:
+def _cpu_blocks(model: nn.Module, bf16: bool, fused: bool) -> Iterator[None]:
     """CPU inference kernels: fused oneDNN ViT blocks (:mod:`weaktr.models.cpu_blocks`), bf16 encoder.
 
     With ``bf16`` each encoder block's forward is routed to a bf16 copy of it (weights cast once per
@@ -144,8 +147,9 @@ def _cpu_blocks(model: nn.Module, bf16: bool) -> Iterator[None]:
     fp32. Whole blocks beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
     LayerNorm); the decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm,
     where bf16 rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the
-    6-scale agreement with fp32 from 99.6 % to 99.5 %). Plain blocks, fp32 or bf16, run the fused
-    forward; others their own. Re-entering while active changes nothing.
+    6-scale agreement with fp32 from 99.6 % to 99.5 %). With ``fused``, plain blocks of a dtype whose
+    fused forward passed its self-check run it (:func:`~weaktr.models.cpu_blocks.fuse`); the others
+    their own. Re-entering while active changes nothing.
     """
     enc = list(getattr(getattr(model, "encoder", model), "blocks", []))
     dec = list(getattr(getattr(model, "decoder", None), "blocks", []))
@@ -156,12 +160,12 @@ def _cpu_blocks(model: nn.Module, bf16: bool) -> Iterator[None]:
         if bf16:
             # eval mode: the copy is inference-only, even when entered around a model still in training
             low = copy.deepcopy(block).to(torch.bfloat16).eval()
-            block.forward = partial(_run_bf16, FusedBlock(low) if is_plain_block(low) else low)
-        elif is_plain_block(block):
-            block.forward = FusedBlock(block)
+            block.forward = partial(_run_bf16, fuse(low, fused) or low)
+        elif (fast := fuse(block, fused)) is not None:
+            block.forward = fast
     for block in dec:
-        if is_plain_block(block):
-            block.forward = FusedBlock(block)
+        if (fast := fuse(block, fused)) is not None:
+            block.forward = fast
     try:
         yield
     finally:
@@ -169,7 +173,7 @@ def _cpu_blocks(model: nn.Module, bf16: bool) -> Iterator[None]:
             vars(block).pop("forward", None)
 
 
-def _run_bf16(module: nn.Module | FusedBlock, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _run_bf16(module: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
     """Call ``module`` (already bf16) with its floating tensor arguments cast to bf16; fp32 out."""
 
     def cast(v: Any) -> Any:
@@ -188,7 +192,7 @@ def inference_precision(
     around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
     """
     if device.type == "cpu":
-        return _cpu_blocks(model, bf16=settings.amp)
+        return _cpu_blocks(model, bf16=settings.amp, fused=settings.fused_cpu)
     return torch.autocast(device.type, dtype=torch.bfloat16) if settings.amp else nullcontext()
 
 

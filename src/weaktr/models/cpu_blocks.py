@@ -12,15 +12,32 @@ and, in bf16, the rounding of the attention probabilities differ.
 Inference only: :class:`FusedBlock` falls back to the block's own forward when gradients are on or
 the block is training, and :func:`is_plain_block` admits only the blocks whose structure it covers
 (no q/k norm, layer scale, gate or attention-output norm: EVA and friends keep their own forward).
+
+The oneDNN ops are private to torch: their signatures may change between releases, and a CPU may
+lack what a dtype needs (bf16 weight packing wants AVX-512 or AVX-NE-CONVERT). So :func:`fuse` hands
+out fused blocks only for a dtype whose fused forward has matched the plain forward on a small block
+in this process (:func:`fused_problem`, checked once per dtype); anything else runs the plain forward,
+with one warning naming the reason. ``WEAKTR_FUSED_CPU=0`` (or ``predict.fused_cpu: false``) turns
+the fused forward off.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 from torch import nn
+
+log = logging.getLogger("weaktr")
+ENV_SWITCH = "WEAKTR_FUSED_CPU"
+# (atol, rtol) of the fused forward against the plain one: summation order in fp32; in bf16 the
+# rounding of the attention probabilities as well
+TOLERANCE = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (0.05, 0.02)}
+_verdicts: dict[torch.dtype, str | None] = {}  # per dtype: None once the self-check passed, else why not
 
 
 def _has_onednn_linear() -> bool:
@@ -35,7 +52,7 @@ def _has_onednn_linear() -> bool:
 
 def is_plain_block(block: nn.Module) -> bool:
     """True for a timm ViT ``Block`` made only of what :class:`FusedBlock` computes."""
-    if type(block) is not Block or not _has_onednn_linear():
+    if type(block) is not Block:
         return False
     attn, mlp = block.attn, block.mlp
     identities = (
@@ -128,3 +145,58 @@ class FusedBlock:
         qkv = _linear(block.norm1(x), self.qkv).view(B, N, 3, attn.num_heads, attn.head_dim)
         x = _linear_add(_attention(qkv), self.proj, x)
         return _linear_add(_linear(block.norm2(x), self.fc1, "gelu"), self.fc2, x)
+
+
+def _self_check(dtype: torch.dtype) -> str | None:
+    """Run a small random block (head size 64, as DeiT's) fused and plain; None when they agree."""
+    if dtype not in TOLERANCE:
+        return f"no fused forward for {dtype}"
+    if not _has_onednn_linear():
+        return "this torch build has no oneDNN fused linear"
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(0)
+        block = Block(128, 2, qkv_bias=True).eval()
+        with torch.no_grad():  # non-zero biases and norm affines, so every fused epilogue is used
+            for q in block.parameters():
+                q.add_(0.1 * torch.randn_like(q))
+        x = torch.randn(2, 37, 128)
+    block, x = block.to(dtype), x.to(dtype)
+    try:
+        with torch.no_grad():
+            got = FusedBlock(block)(x)
+            want = Block.forward(block, x)
+    except Exception as exc:  # a changed signature, a missing CPU feature: anything means "do not use"
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}"
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+        what = f"{tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
+        return f"the fused forward gave {what} where {tuple(want.shape)} {want.dtype} was due"
+    atol, rtol = TOLERANCE[dtype]
+    if not torch.allclose(got.float(), want.float(), atol=atol, rtol=rtol):
+        err = (got.float() - want.float()).abs().max().item()
+        return f"the fused forward differs from the plain one by up to {err:.3g} (atol {atol}, rtol {rtol})"
+    return None
+
+
+def fused_problem(dtype: torch.dtype) -> str | None:
+    """Why fused blocks of ``dtype`` are not used (None: they are); the self-check runs once per dtype.
+
+    A failed check is logged once, as a warning; the switch (``WEAKTR_FUSED_CPU=0``) is read each time.
+    """
+    if os.environ.get(ENV_SWITCH, "1").strip() == "0":
+        return f"{ENV_SWITCH}=0"
+    if dtype not in _verdicts:
+        _verdicts[dtype] = _self_check(dtype)
+        if _verdicts[dtype] is not None:
+            log.warning(
+                "fused CPU ViT blocks are off for %s (%s): the plain forward runs instead",
+                str(dtype).removeprefix("torch."),
+                _verdicts[dtype],
+            )
+    return _verdicts[dtype]
+
+
+def fuse(block: nn.Module, enabled: bool = True) -> FusedBlock | None:
+    """The fused forward of ``block``, or None: switched off, not a plain block, or its dtype failed."""
+    if not enabled or not is_plain_block(block):
+        return None
+    return FusedBlock(block) if fused_problem(block.attn.qkv.weight.dtype) is None else None
