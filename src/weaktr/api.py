@@ -5,6 +5,7 @@ A few lines are enough, on CPU or GPU::
     from weaktr.api import WeakTr
 
     model = WeakTr.from_run("runs/demo")    # or WeakTr.load(seg_checkpoint=..., cam_checkpoint=...)
+    # backend="onnxruntime": the segmenter exported by ``weaktr export-model`` (CPU, fp32)
     pred = model.predict("photo.jpg")        # pred.mask: uint8 H×W label ids; pred.class_ids
     cams = model.cams("photo.jpg")           # cams.cams: float32 (K, H, W); cams.classes: label ids
     scores = model.class_scores("photo.jpg") # {label id: probability}
@@ -35,9 +36,10 @@ from weaktr.data.folder import IMAGE_EXTS
 from weaktr.data.images import load_image
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
+from weaktr.evaluation.onnx_backend import OrtSegmenter, load_seg_net
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMNet, load_cam_model
-from weaktr.models.segmenter import Segmenter, load_segmenter
+from weaktr.models.segmenter import Segmenter
 from weaktr.models.timm_factory import normalisation, normalise
 from weaktr.runtime.context import run_dataset
 from weaktr.runtime.distributed import resolve_device
@@ -100,7 +102,7 @@ class WeakTr:
 
     def __init__(
         self,
-        segmenter: Segmenter | None,
+        segmenter: Segmenter | OrtSegmenter | None,
         cam_model: CAMNet | None,
         device: torch.device,
         class_names: Sequence[str] | None = None,
@@ -142,25 +144,34 @@ class WeakTr:
         cam_checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
         class_names: Sequence[str] | None = None,
+        backend: str = "torch",
         **settings: Any,
     ) -> WeakTr:
         """Load checkpoints written by ``weaktr run`` (or ``weaktr convert``); either may be left out.
 
         ``device`` is ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'`` or a ``torch.device``.
         ``class_names`` (background first) name the label ids; ``settings`` are the inference
-        keywords of :class:`WeakTr`.
+        keywords of :class:`WeakTr`. With ``backend="onnxruntime"`` the segmenter checkpoint is an
+        ONNX export (``weaktr export-model``), run by onnxruntime on the CPU.
         """
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-        seg = load_segmenter(seg_checkpoint, dev) if seg_checkpoint is not None else None
+        seg = load_seg_net(seg_checkpoint, backend, dev) if seg_checkpoint is not None else None
         cam = load_cam_model(cam_checkpoint, dev) if cam_checkpoint is not None else None
         return cls(seg, cam, dev, class_names, **settings)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "auto") -> WeakTr:
-        """The models of a run directory, with its class names and its ``predict`` settings."""
+    def from_run(
+        cls, run_dir: str | Path, device: str | torch.device = "auto", backend: str = "torch"
+    ) -> WeakTr:
+        """The models of a run directory, with its class names and its ``predict`` settings.
+
+        ``backend="onnxruntime"`` runs the segmenter's ONNX export (``weaktr export-model RUN_DIR``).
+        """
         run_dir, lay = Path(run_dir), RunLayout(Path(run_dir))
         cfg = load_config(lay.config) if lay.config.is_file() else None
-        seg, cam = lay.seg_model, lay.cam_model
+        seg, cam = (lay.seg_onnx if backend == "onnxruntime" else lay.seg_model), lay.cam_model
+        if not seg.is_file() and lay.seg_model.is_file():
+            raise InputError(f"no ONNX export of the segmenter: run 'weaktr export-model {run_dir}'", seg)
         if not seg.is_file() and not cam.is_file():
             raise InputError("no trained model in this run directory (seg/ and cam/ are empty)", run_dir)
         names, settings = None, {}
@@ -177,7 +188,7 @@ class WeakTr:
                 crf_params=p.crf_params.set_values(),
             )
         return cls.load(
-            seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, **settings
+            seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, backend, **settings
         )
 
     # ---- segmentation --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ COMMANDS = (
     "evaluate",
     "convert",
     "export",
+    "export_model",
     "report",
     "ablate",
 )

@@ -7,7 +7,9 @@ Each window runs the encoder once for both outputs, and a scale's windows (with 
 batched through the model in chunks. On the CPU the ViT blocks run fused oneDNN kernels; ``amp`` means
 bf16 autocast on CUDA and, on the CPU, bf16 in the encoder's transformer blocks only (:func:`_cpu_blocks`).
 Every setting travels in one :class:`InferenceSettings`, made from the config by
-:meth:`InferenceSettings.from_config`.
+:meth:`InferenceSettings.from_config`. The network is anything with the :class:`SegNet` attributes:
+a PyTorch :class:`~weaktr.models.segmenter.Segmenter`, or an onnxruntime session standing in for one
+(:class:`~weaktr.evaluation.onnx_backend.OrtSegmenter`); the precision contexts apply to the former.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -89,6 +91,23 @@ class InferenceSettings:
 DEFAULT_SETTINGS = InferenceSettings()
 
 
+class SegNet(Protocol):
+    """What the inference code asks of a network (the backend interface)."""
+
+    patch_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised windows -> [final] or [final, layer-1] masks on the patch grid."""
+        ...
+
+
+def _device_of(net: nn.Module | SegNet) -> torch.device:
+    """Where a network's inputs go: a module's parameters' device; other backends take CPU tensors."""
+    return next(net.parameters()).device if isinstance(net, nn.Module) else torch.device("cpu")
+
+
 def window_anchors(size: int, window: int, stride: int) -> list[int]:
     """Window starts {0, stride, ...} below size - window, plus size - window (one window if it fits)."""
     if size <= window:
@@ -127,8 +146,12 @@ def to_input(
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def _eval_mode(model: nn.Module | SegNet) -> Iterator[None]:
     """Run in eval mode without grad, restoring the caller's mode (training loops evaluate mid-epoch)."""
+    if not isinstance(model, nn.Module):
+        with torch.no_grad():
+            yield
+        return
     was_training = model.training
     model.eval()
     try:
@@ -183,14 +206,16 @@ def _run_bf16(module: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) ->
 
 
 def inference_precision(
-    model: nn.Module, settings: InferenceSettings, device: torch.device
+    model: nn.Module | SegNet, settings: InferenceSettings, device: torch.device
 ) -> AbstractContextManager[None]:
     """bf16 autocast on CUDA with ``settings.amp``; on the CPU the fused blocks of :func:`_cpu_blocks`
-    (bf16 encoder with amp).
+    (bf16 encoder with amp). Nothing for a network that is not a PyTorch module.
 
     The inference functions enter it themselves; a caller looping over many images enters it once
     around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
     """
+    if not isinstance(model, nn.Module):
+        return nullcontext()
     if device.type == "cpu":
         return _cpu_blocks(model, bf16=settings.amp, fused=settings.fused_cpu)
     return torch.autocast(device.type, dtype=torch.bfloat16) if settings.amp else nullcontext()
@@ -225,7 +250,7 @@ def _axis_maps(
 
 
 def sliding_window_logits(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     images: torch.Tensor,
     settings: InferenceSettings = DEFAULT_SETTINGS,
     layer1: bool = False,
@@ -289,7 +314,7 @@ def _variant_inputs(
 
 
 def multiscale_probs(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     image: np.ndarray | torch.Tensor,
     settings: InferenceSettings = DEFAULT_SETTINGS,
     layer1: bool = True,
@@ -299,7 +324,7 @@ def multiscale_probs(
 
     A uint8 image is normalised with the model's ``mean``/``std``; a float one is taken as normalised.
     """
-    device = device or next(model.parameters()).device
+    device = device or _device_of(model)
     x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
     sums: list[torch.Tensor] = []
@@ -321,7 +346,7 @@ def multiscale_probs(
 
 
 def predict_probs(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     image: np.ndarray | torch.Tensor,
     settings: InferenceSettings = DEFAULT_SETTINGS,
     device: torch.device | None = None,
@@ -337,7 +362,7 @@ def predict_probs(
 
 
 def predict_logits(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     image: np.ndarray | torch.Tensor,
     settings: InferenceSettings = DEFAULT_SETTINGS,
     device: torch.device | None = None,
@@ -346,7 +371,7 @@ def predict_logits(
 
     Only the window, stride, base size, window batch and amp of ``settings`` apply.
     """
-    device = device or next(model.parameters()).device
+    device = device or _device_of(model)
     x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
     with _eval_mode(model), inference_precision(model, settings, device):

@@ -28,8 +28,8 @@ from weaktr.data.dataset import voc_palette
 from weaktr.data.images import load_image
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
+from weaktr.evaluation.onnx_backend import load_seg_net
 from weaktr.io import save_label_png, write_probs
-from weaktr.models.segmenter import load_segmenter
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier, shard
 from weaktr.runtime.layout import sibling_dir
@@ -75,13 +75,22 @@ class _CRFQueue:
 
 
 def predict_split(
-    ctx: RunContext, model_path: Path, split: str, out_dir: Path, crf: bool, save_probs: bool = False
+    ctx: RunContext,
+    model_path: Path,
+    split: str,
+    out_dir: Path,
+    crf: bool,
+    save_probs: bool = False,
+    backend: str = "torch",
 ) -> Path:
-    """Write the predictions of ``split`` to ``out_dir`` (see the module docstring); returns ``out_dir``."""
+    """Write the predictions of ``split`` to ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    ``backend`` runs a checkpoint in PyTorch (``torch``) or an ONNX export in ``onnxruntime``.
+    """
     info, p = ctx.dataset, ctx.cfg.predict
     out_dir = Path(out_dir)
     nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
-    model = load_segmenter(model_path, ctx.device)
+    model = load_seg_net(model_path, backend, ctx.device)
     if model.n_cls != info.num_classes:
         raise InputError(
             f"the segmenter predicts {model.n_cls} classes but data set {info.name!r} has "
