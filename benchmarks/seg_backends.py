@@ -2,17 +2,17 @@
 
 Variants (each its own copy of one random-init model, so their CPU contexts do not share blocks):
 
-- ``torch_plain``: PyTorch with ``fused_cpu=False`` (timm's own block forward);
-- ``torch_fused``: PyTorch with the self-checked private oneDNN block forward (models/cpu_blocks);
-- ``torch_bf16``: ``amp=True`` (bf16 encoder; fused only where the bf16 self-check passes);
+- ``torch_plain``: PyTorch (timm's own block forward; until 2026-12-03 a fused private-op path,
+  ``torch_fused``, ran beside it: see docs/benchmarks-inference.md);
+- ``torch_bf16``: ``amp=True`` (bf16 copies of the encoder blocks);
 - ``ort_fp32``: the ``weaktr export-model`` file in onnxruntime;
 - ``ort_int8``: that file with dynamically quantised int8 MatMul weights (onnxruntime.quantization);
 - ``ort_fp16``: that file converted to fp16 (fp32 inputs/outputs; onnxruntime's x86 CPU EP has no
   bf16 kernels, so fp16 is its low-precision float).
 
-Each variant's load (checkpoint or session, plus the fused weight packing or the bf16 copy) and its
-one-off preparation (export, quantisation) are timed once; the predictions go in interleaved rounds
-(``measure_rounds``), so per-round ratios against ``torch_fused`` share the load of the machine.
+Each variant's load (checkpoint or session, plus the bf16 copy) and its one-off preparation
+(export, quantisation) are timed once; the predictions go in interleaved rounds (``measure_rounds``),
+so per-round ratios against ``torch_plain`` share the load of the machine.
 Pixel agreement is against ``torch_plain`` fp32; a variant below 99.5 % at one scale is not run at six.
 """
 
@@ -32,17 +32,16 @@ from common import cpu_seconds, measure_rounds, paired_ratios
 
 from weaktr.evaluation.inference import InferenceSettings, SegNet, inference_precision, predict_probs
 from weaktr.evaluation.onnx_backend import OrtSegmenter, export_segmenter
-from weaktr.models.cpu_blocks import fused_problem
 from weaktr.models.segmenter import SegConfig, build_segmenter, load_segmenter, save_segmenter
 
 AGREEMENT_MIN = 0.995
-REFERENCE, BASELINE = "torch_plain", "torch_fused"
+REFERENCE = "torch_plain"
 
 
 @dataclass
 class Variant:
     net: SegNet
-    fields: dict[str, Any]  # InferenceSettings fields of this variant (fused_cpu, amp)
+    fields: dict[str, Any]  # InferenceSettings fields of this variant (amp)
     load: dict[str, float]  # wall/CPU seconds to get it ready to predict
     note: str = ""
 
@@ -66,21 +65,18 @@ def build_variants(work: Path, stack: ExitStack) -> dict[str, Variant]:
     cpu = torch.device("cpu")
     out: dict[str, Variant] = {}
     for name, fields in (
-        ("torch_plain", {"fused_cpu": False}),
-        ("torch_fused", {"fused_cpu": True}),
-        ("torch_bf16", {"fused_cpu": True, "amp": True}),
+        ("torch_plain", {}),
+        ("torch_bf16", {"amp": True}),
     ):
         settings = InferenceSettings(**fields)
 
         def ready(s: InferenceSettings = settings) -> torch.nn.Module:
             model = load_segmenter(ckpt, cpu)
-            stack.enter_context(inference_precision(model, s, cpu))  # packing / bf16 copy: once
+            stack.enter_context(inference_precision(model, s, cpu))  # the bf16 copy: once
             return model
 
         model, load = _seconds(ready)
-        problem = fused_problem(torch.bfloat16 if fields.get("amp") else torch.float32)
-        note = "" if not fields["fused_cpu"] else ("fused" if problem is None else f"plain ({problem})")
-        out[name] = Variant(model, fields, load, note)
+        out[name] = Variant(model, fields, load)
     onnx_fp32 = work / "seg.onnx"
     _, export = _seconds(lambda: export_segmenter(ckpt, onnx_fp32))
     prepared = {"ort_fp32": (onnx_fp32, export)}
@@ -128,7 +124,7 @@ def bench_backends(
             for name, t in timings.items():
                 t["agreement"] = (preds[name] == preds[REFERENCE]).float().mean().item()
                 t["counts"] = t["agreement"] >= AGREEMENT_MIN
-                t["fused_ratios"] = paired_ratios(timings[BASELINE], t)  # > 1: faster than torch_fused
+                t["plain_ratios"] = paired_ratios(timings[REFERENCE], t)  # > 1: faster than torch_plain
                 result[f"{label}_{name}"] = t
             names = [n for n in names if timings[n]["counts"]]  # six scales only for what counts
     return result, loads
