@@ -7,6 +7,8 @@ idle 2-core machine of the kind this runs on):
 - sliding-window inference of one 500×375 image: one scale; 6 scales × flip with the two-layer
   ensemble, in float32 and with bf16 on the CPU (counted only when ≥ 99.5 % of its pixels agree with
   float32);
+- the CPU backends (``backends``, see seg_backends.py): PyTorch fp32 and bf16, onnxruntime
+  fp32 / int8 / fp16, 1 and 6 scales, in interleaved rounds with their load times;
 - softmax CRF of one image (21 labels, one core), and of 8 images with 1 and 2 worker processes;
 - same-machine baselines ("authors' way"): the training step with the authors' unfused attention, and
   their inference loop re-enacted on our model (flips and windows run separately in batches of 4,
@@ -19,6 +21,7 @@ Wall and CPU time are both recorded, with the load average before and after: on 
 the wall time of a step grows with the load, so compare ratios. Writes benchmarks/results/bench_seg.json.
 
     python benchmarks/bench_seg.py [--repeats 5] [--ms-repeats 5] [--window-batch 8] [--sections ...]
+    python benchmarks/bench_seg.py --quick --sections backends   # ~5 min on an idle 2-core machine
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from common import machine, measure, measure_rounds, paired_ratios
+from seg_backends import bench_backends
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
 from weaktr.evaluation.inference import (
     MS_RATIOS,
+    InferenceSettings,
     predict_probs,
     scaled_size,
     to_input,
@@ -173,7 +178,9 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[st
 
     def run(name: str, **kw: Any) -> Callable[[], None]:
         def fn() -> None:
-            preds[name] = predict_probs(model, image, window_batch=window_batch, **kw).argmax(0)
+            preds[name] = predict_probs(
+                model, image, InferenceSettings(window_batch=window_batch, **kw)
+            ).argmax(0)
 
         return fn
 
@@ -256,6 +263,10 @@ def table(results: dict[str, Any]) -> str:
         if key.startswith("train_step") and "train_step_authors_way" in timings:
             same = f"{timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
         note = ""
+        for base in ("plain", "fused"):  # backends: per-round torch_<base> / this, median (range)
+            if f"{base}_ratios" in r:  # (fused: results from before cpu_blocks.py was deleted)
+                pairs = r[f"{base}_ratios"]
+                same = f"{base} / this {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
         if "agreement" in r:
             what = "ours fp32" if key.endswith("authors_way") else "fp32"
             note = f"agrees {100 * r['agreement']:.2f}% with {what}" + (
@@ -265,6 +276,10 @@ def table(results: dict[str, Any]) -> str:
             f"| {key} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {base or ''} | {ratio} | {scaled} | {same} "
             f"| {note} |"
         )
+    loads = results.get("backend_loads", {})
+    if loads:
+        rows += ["", "| backend | load wall s | load CPU s | note |", "|---|---|---|---|"]
+        rows += [f"| {k} | {v['wall_s']:.2f} | {v['cpu_s']:.2f} | {v['note']} |" for k, v in loads.items()]
     return "\n".join(rows)
 
 
@@ -277,7 +292,14 @@ def main() -> None:
         "--ms-repeats", type=int, default=5, help="interleaved rounds of the three 6-scale inferences"
     )
     parser.add_argument("--window-batch", type=int, default=8, help="windows per forward pass")
-    parser.add_argument("--sections", default="train,infer,crf", help="comma-separated: train, infer, crf")
+    parser.add_argument("--rounds-1", type=int, default=5, help="backends: interleaved 1-scale rounds")
+    parser.add_argument("--rounds-6", type=int, default=3, help="backends: interleaved 6-scale rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 repeats / rounds (3 at one scale): a short, rougher run"
+    )
+    parser.add_argument(
+        "--sections", default="train,infer,backends,crf", help="comma-separated: train, infer, backends, crf"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where the train section runs (others: CPU)"
@@ -292,6 +314,8 @@ def main() -> None:
         return
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats, args.ms_repeats, args.rounds_1, args.rounds_6 = 2, 2, 3, 2
 
     timings: dict[str, Any] = {}
     results: dict[str, Any] = {
@@ -304,15 +328,25 @@ def main() -> None:
             "window_batch": args.window_batch,
             "train_device": args.device,
             "train_tiny": args.tiny,
+            "rounds_1": args.rounds_1,
+            "rounds_6": args.rounds_6,
         },
         "authors_s": AUTHORS,
         "timings": timings,
     }
+
+    def backends() -> dict[str, Any]:
+        found, loads = bench_backends(blob_image(), args.rounds_1, args.rounds_6, args.window_batch)
+        results["backend_loads"] = loads
+        return {f"backend_{k}": v for k, v in found.items()}
+
     sections = {
         "train": lambda: bench_train(args.repeats, torch.device(args.device), args.train_bf16, args.tiny),
         "infer": lambda: bench_inference(args.repeats, args.ms_repeats, args.window_batch),
+        "backends": backends,
         "crf": lambda: bench_crf(args.repeats),
     }
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.sections.split(","):
         print(f"{name} ...", flush=True)

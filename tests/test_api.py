@@ -15,8 +15,7 @@ from weaktr.config import load_config, save_config
 from weaktr.data.demo import generate_demo
 from weaktr.data.images import load_label_map
 from weaktr.errors import InputError
-from weaktr.evaluation import inference
-from weaktr.evaluation.inference import predict_probs
+from weaktr.evaluation.inference import InferenceSettings, predict_probs
 from weaktr.models.cam import CAMConfig, build_cam_model, save_cam_model
 from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
 from weaktr.models.timm_factory import normalisation
@@ -55,7 +54,8 @@ def test_predict_matches_the_inference_code(checkpoints, image, tmp_path) -> Non
     assert pred.mask.dtype == np.uint8 and pred.mask.shape == (40, 56)
     assert pred.probs.shape == (N_FG + 1, 40, 56) and pred.probs.dtype == np.float32
     np.testing.assert_allclose(pred.probs.sum(0), 1.0, atol=1e-5)
-    ref = predict_probs(model.segmenter, image, scales=(1.0,), flip=False, window=32, stride=21, base_size=32)
+    one = InferenceSettings(scales=(1.0,), flip=False, window=32, stride=21, base_size=32)
+    ref = predict_probs(model.segmenter, image, one)
     np.testing.assert_array_equal(pred.mask, ref.argmax(0).numpy())
     assert pred.class_ids == sorted(set(np.unique(pred.mask).tolist()) - {0})
     Image.fromarray(image).save(tmp_path / "x.png")
@@ -97,26 +97,6 @@ def test_predict_folder_writes_palette_pngs(checkpoints, image, tmp_path) -> Non
     np.testing.assert_array_equal(load_label_map(written[0]), model.predict(folder / "a.png").mask)
 
 
-def test_predict_folder_packs_the_fused_blocks_once(checkpoints, image, tmp_path, monkeypatch) -> None:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in ("a", "b", "c"):
-        Image.fromarray(image).save(folder / f"{name}.png")
-    packed: list[object] = []
-
-    class Counting(inference.FusedBlock):
-        def __init__(self, block: torch.nn.Module) -> None:
-            packed.append(block)
-            super().__init__(block)
-
-    monkeypatch.setattr(inference, "FusedBlock", Counting)
-    model = WeakTr.load(checkpoints[0], device="cpu")
-    model.predict_folder(folder, tmp_path / "masks", scales=(0.75, 1.0))
-    blocks = [*model.segmenter.encoder.blocks, *model.segmenter.decoder.blocks]
-    assert len(packed) == len(blocks)  # once for the folder, not per image or scale
-    assert not any("forward" in vars(b) for b in blocks)
-
-
 def test_from_run_takes_class_names_and_predict_settings(tmp_path, image) -> None:
     run = tmp_path / "run"
     _save_models(run)
@@ -125,7 +105,8 @@ def test_from_run_takes_class_names_and_predict_settings(tmp_path, image) -> Non
     generate_demo(run / "data", 2, 1, 32, N_FG, 0)
     model = WeakTr.from_run(run, device="cpu")
     assert model.class_names == ["background", "disc", "square", "triangle"]
-    assert (model.window, model.stride, model.base_size) == (24, 12, 36)
+    assert model.settings == InferenceSettings.from_config(load_config(run / "config.yaml").predict)
+    assert (model.settings.window, model.settings.stride, model.settings.base_size) == (24, 12, 36)
     assert model.predict(image).mask.shape == (40, 56)
 
 

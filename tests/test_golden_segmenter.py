@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import assert_close, assert_labels_agree, load_golden, load_golden_state
 
-from weaktr.evaluation.inference import multiscale_probs, window_anchors
+from weaktr.evaluation.inference import InferenceSettings, multiscale_probs, window_anchors
 from weaktr.models.segmenter import Segmenter, build_segmenter, convert_official_segmenter_state
 
 pytestmark = pytest.mark.golden
@@ -72,7 +72,7 @@ def test_sliding_window_ensemble_parity(model_and_golden: tuple[Segmenter, dict,
     flags = js["variants"][variant]["flip_flags"]
     flip = flags == [False, True]
     assert flip or flags == [False]
-    kw = dict(
+    settings = InferenceSettings(
         scales=(1.0,),
         flip=flip,
         window=win,
@@ -80,7 +80,7 @@ def test_sliding_window_ensemble_parity(model_and_golden: tuple[Segmenter, dict,
         base_size=None,
         window_batch=js["window_batch_size"],
     )
-    p2, p1 = multiscale_probs(model, x, layer1=True, **kw)
+    p2, p1 = multiscale_probs(model, x, settings, layer1=True)
     score = js["ensemble_weight"] * p1 + p2
     assert_close(_sub(score, t), t[f"{variant}.ensemble_sub"], name=f"{variant}.ensemble")
     for name, p in (("P1", p1), ("P2", p2)):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from weaktr.evaluation.inference import (
+    InferenceSettings,
     multiscale_probs,
     predict_logits,
     predict_probs,
@@ -66,7 +69,7 @@ def test_window_average_of_translation_equivariant_model_is_its_full_output() ->
     """A per-pixel model gives the same logits in every window, so the count-map average is exact."""
     model = Stub()
     x = torch.randn(2, 3, 70, 90)
-    (avg,) = sliding_window_logits(model, x, window=32, stride=20, window_batch=5)
+    (avg,) = sliding_window_logits(model, x, InferenceSettings(window=32, stride=20, window_batch=5))
     torch.testing.assert_close(avg, model.head(x))
     n_windows = len(window_anchors(70, 32, 20)) * len(window_anchors(90, 32, 20))
     assert sum(s[0] for s in model.seen) == 2 * n_windows and max(s[0] for s in model.seen) <= 5
@@ -76,7 +79,7 @@ def test_window_average_counts_overlaps() -> None:
     """With a position-dependent model, each pixel is the mean over exactly the windows covering it."""
     model = Stub(ramp=1.0)
     x = torch.randn(1, 3, 8, 12)
-    (avg,) = sliding_window_logits(model, x, window=8, stride=3)
+    (avg,) = sliding_window_logits(model, x, InferenceSettings(window=8, stride=3))
     ref = torch.zeros(1, 4, 8, 12)
     cnt = torch.zeros(1, 1, 8, 12)
     for b in window_anchors(12, 8, 3):  # [0, 3, 4]
@@ -88,7 +91,7 @@ def test_window_average_counts_overlaps() -> None:
 def test_images_smaller_than_window_are_padded() -> None:
     model = Stub()
     x = torch.randn(1, 3, 20, 25)
-    (avg,) = sliding_window_logits(model, x, window=32, stride=20)
+    (avg,) = sliding_window_logits(model, x, InferenceSettings(window=32, stride=20))
     assert model.seen == [(1, 3, 32, 32)]
     torch.testing.assert_close(avg, model.head(x))
 
@@ -97,13 +100,14 @@ def test_one_window_equals_full_image_forward_of_segmenter() -> None:
     torch.manual_seed(0)
     model = build_segmenter(SegConfig(n_cls=3, image_size=32, embed_dim=64, depth=1, num_heads=1)).eval()
     x = torch.randn(3, 32, 32)
-    logits = predict_logits(model, x, window=32, stride=20, base_size=None)
+    logits = predict_logits(model, x, InferenceSettings(window=32, stride=20, base_size=None))
     with torch.no_grad():
         ref = model(x[None])[0]
     torch.testing.assert_close(logits, ref)
-    probs = predict_probs(
-        model, x, scales=(1.0,), flip=False, window=32, stride=20, base_size=None, ensemble_weight=None
+    one = InferenceSettings(
+        scales=(1.0,), flip=False, window=32, stride=20, base_size=None, ensemble_weight=None
     )
+    probs = predict_probs(model, x, one)
     torch.testing.assert_close(probs, ref.softmax(0))
 
 
@@ -111,7 +115,11 @@ def test_flip_variant_is_flipped_back_before_averaging() -> None:
     model = Stub(ramp=2.0)
     x = torch.randn(1, 3, 24, 24)
     p = predict_probs(
-        model, x, scales=(1.0,), flip=True, window=24, stride=16, base_size=None, ensemble_weight=None
+        model,
+        x,
+        InferenceSettings(
+            scales=(1.0,), flip=True, window=24, stride=16, base_size=None, ensemble_weight=None
+        ),
     )
     a = model._out(model.head, x).softmax(1)
     b = model._out(model.head, x.flip(-1)).flip(-1).softmax(1)
@@ -123,16 +131,13 @@ def test_flip_variant_is_flipped_back_before_averaging() -> None:
 def test_ensemble_math_and_softmax_after_window_average() -> None:
     model = Stub()
     x = torch.randn(3, 40, 40)
-    p2, p1 = multiscale_probs(model, x, scales=(1.0,), flip=False, window=40, stride=20, base_size=None)
+    settings = InferenceSettings(scales=(1.0,), flip=False, window=40, stride=20, base_size=None)
+    p2, p1 = multiscale_probs(model, x, settings)
     torch.testing.assert_close(p2, model.head(x[None])[0].softmax(0))
     torch.testing.assert_close(p1, model.head1(x[None])[0].softmax(0))
-    score = predict_probs(
-        model, x, scales=(1.0,), flip=False, window=40, stride=20, base_size=None, ensemble_weight=0.8
-    )
+    score = predict_probs(model, x, replace(settings, ensemble_weight=0.8))
     torch.testing.assert_close(score, 0.8 * p1 + p2)
-    only = predict_probs(
-        model, x, scales=(1.0,), flip=False, window=40, stride=20, base_size=None, ensemble_weight=0
-    )
+    only = predict_probs(model, x, replace(settings, ensemble_weight=0))
     torch.testing.assert_close(only, p2)
 
 
@@ -145,7 +150,9 @@ def test_small_scales_are_upscaled_to_the_window() -> None:
     assert upscaled_size(500, 480, 480) == (500, 480)
     model = Stub()
     img = np.random.default_rng(0).integers(0, 256, (50, 75, 3), dtype=np.uint8)
-    out = predict_probs(model, img, scales=(0.5, 1.0), flip=True, window=48, stride=32, base_size=52)
+    out = predict_probs(
+        model, img, InferenceSettings(scales=(0.5, 1.0), flip=True, window=48, stride=32, base_size=52)
+    )
     assert out.shape == (4, 50, 75)
     # ratio 0.5 -> short side 26 < 48 -> 48×72, one 48×48 row of windows (anchors 0, 24), flip batched
     assert model.seen[0] == (4, 3, 48, 48)
@@ -157,7 +164,7 @@ def test_uint8_input_is_normalised_and_mode_restored() -> None:
     x = to_input(img, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), torch.device("cpu"))
     torch.testing.assert_close(x, torch.full((1, 3, 4, 5), 2.0))
     model = Stub().train()
-    predict_logits(model, img, window=8, stride=4, base_size=None)
+    predict_logits(model, img, InferenceSettings(window=8, stride=4, base_size=None))
     assert model.training
     with pytest.raises(ValueError):
         to_input(np.zeros((4, 5), dtype=np.uint8), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
@@ -173,7 +180,9 @@ def test_window_maps_equal_upsample_average_crop_resize_of_the_segmenter() -> No
     x = torch.randn(2, 3, 45, 70)
     window, stride, out_size = 40, 24, (37, 51)
     with torch.no_grad():
-        (avg,) = sliding_window_logits(model, x, window, stride, out_size=out_size)
+        (avg,) = sliding_window_logits(
+            model, x, InferenceSettings(window=window, stride=stride), out_size=out_size
+        )
         hp, wp = max(45, window), max(70, window)
         xp = torch.nn.functional.pad(x, (0, wp - 70, 0, hp - 45))
         acc, cnt = torch.zeros(2, 3, hp, wp), torch.zeros(1, 1, hp, wp)

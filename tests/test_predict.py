@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -159,16 +160,17 @@ def test_cpu_bf16_runs_only_the_encoder_blocks_in_bf16_and_restores_them(
     torch.manual_seed(0)
     model = build_segmenter(SegConfig(**{**TINY, "n_cls": 5})).eval()
     x = torch.randn(2, 3, 40, 56)
-    (ref,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16)
+    fp32 = inf.InferenceSettings(window=32, stride=16, window_batch=16)
+    (ref,) = inf.sliding_window_logits(model, x, fp32)
     calls: list[torch.dtype] = []
     original = inf._run_bf16
 
     def spy(module: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        calls.append(next(getattr(module, "block", module).parameters()).dtype)
+        calls.append(next(module.parameters()).dtype)
         return original(module, *args)
 
     monkeypatch.setattr(inf, "_run_bf16", spy)
-    (low,) = inf.sliding_window_logits(model, x, window=32, stride=16, window_batch=16, amp=True)
+    (low,) = inf.sliding_window_logits(model, x, replace(fp32, amp=True))
     assert calls == [torch.bfloat16] * len(model.encoder.blocks)  # one batch of windows; decoder fp32
     assert low.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the bf16 weights are copies
@@ -183,15 +185,14 @@ def test_cpu_bf16_copy_is_made_once_per_loop_and_runs_in_eval_mode(monkeypatch: 
     model = build_segmenter(SegConfig(**{**TINY, "n_cls": 5, "depth": 2, "drop_path": 0.9}))
     x = torch.randn(3, 40, 56)
     model.eval()
-    ref = inf.predict_logits(model, x, window=32, stride=16, base_size=None, amp=True)
+    bf16 = inf.InferenceSettings(window=32, stride=16, base_size=None, amp=True)
+    ref = inf.predict_logits(model, x, bf16)
     copies: list[object] = []
     deepcopy = inf.copy.deepcopy
     monkeypatch.setattr(inf.copy, "deepcopy", lambda obj: copies.append(obj) or deepcopy(obj))
     model.train()
-    with inf.inference_precision(model, torch.device("cpu"), amp=True):
-        outs = [
-            inf.predict_logits(model, x, window=32, stride=16, base_size=None, amp=True) for _ in range(3)
-        ]
+    with inf.inference_precision(model, bf16, torch.device("cpu")):
+        outs = [inf.predict_logits(model, x, bf16) for _ in range(3)]
     assert len(copies) == len(model.encoder.blocks)  # one copy per block for the whole loop
     assert model.training
     for out in outs:

@@ -5,6 +5,7 @@ A few lines are enough, on CPU or GPU::
     from weaktr.api import WeakTr
 
     model = WeakTr.from_run("runs/demo")    # or WeakTr.load(seg_checkpoint=..., cam_checkpoint=...)
+    # backend="onnxruntime": the segmenter exported by ``weaktr export-model`` (CPU, fp32)
     pred = model.predict("photo.jpg")        # pred.mask: uint8 H×W label ids; pred.class_ids
     cams = model.cams("photo.jpg")           # cams.cams: float32 (K, H, W); cams.classes: label ids
     scores = model.class_scores("photo.jpg") # {label id: probability}
@@ -19,7 +20,7 @@ uint8 H×W×3 RGB arrays. Bad input (a missing checkpoint or image) raises
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,12 @@ from weaktr.data.folder import IMAGE_EXTS
 from weaktr.data.images import load_image
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import inference_precision, predict_probs
+from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
+from weaktr.evaluation.onnx_backend import OrtSegmenter, load_seg_net
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMNet, load_cam_model
-from weaktr.models.segmenter import Segmenter, load_segmenter
-from weaktr.models.timm_factory import normalisation
+from weaktr.models.segmenter import Segmenter
+from weaktr.models.timm_factory import normalisation, normalise
 from weaktr.runtime.context import run_dataset
 from weaktr.runtime.distributed import resolve_device
 from weaktr.runtime.layout import RunLayout
@@ -90,24 +92,27 @@ def _to_array(image: ImageLike) -> np.ndarray:
 class WeakTr:
     """A trained WeakTr: the segmenter (masks) and/or the phase-1 CAM network (CAMs, class scores).
 
-    Build it with :meth:`load` or :meth:`from_run`. ``window``, ``stride`` and ``base_size`` are the
-    sliding-window inference settings (see :func:`weaktr.evaluation.inference.predict_probs`);
-    ``ensemble_weight`` weighs the decoder-layer-1 output (0 turns the ensemble off); the softmax
-    CRF uses ``crf_preset`` with any fields in ``crf_params`` replaced.
+    Build it with :meth:`load` or :meth:`from_run`. ``settings`` are the sliding-window inference
+    settings (:class:`~weaktr.evaluation.inference.InferenceSettings`; the window and base size
+    default to the segmenter's training crop, the stride to two thirds of the window); ``window``,
+    ``stride``, ``base_size`` and ``ensemble_weight`` (0 turns the two-layer ensemble off) replace
+    single fields of them. The softmax CRF uses ``crf_preset`` with any fields in ``crf_params``
+    replaced.
     """
 
     def __init__(
         self,
-        segmenter: Segmenter | None,
+        segmenter: Segmenter | OrtSegmenter | None,
         cam_model: CAMNet | None,
         device: torch.device,
         class_names: Sequence[str] | None = None,
         window: int | None = None,
         stride: int | None = None,
         base_size: int | None = None,
-        ensemble_weight: float = 0.8,
+        ensemble_weight: float | None = None,
         crf_preset: str = "voc",
         crf_params: dict[str, float] | None = None,
+        settings: InferenceSettings | None = None,
     ) -> None:
         if segmenter is None and cam_model is None:
             raise InputError("WeakTr needs a segmenter checkpoint, a CAM checkpoint or both")
@@ -122,11 +127,14 @@ class WeakTr:
             raise InputError(f"{len(names)} class names given for {n_cls} label ids (background included)")
         self.segmenter, self.cam_model, self.device = segmenter, cam_model, device
         self.class_names = names or ["background", *(f"class_{i}" for i in range(1, n_cls))]
-        size = segmenter.cfg.image_size if segmenter is not None else 0
-        self.window = window or size
-        self.stride = stride or max(1, round(self.window * 2 / 3))
-        self.base_size = base_size or size
-        self.ensemble_weight = ensemble_weight
+        if settings is None and segmenter is not None:
+            size = segmenter.cfg.image_size
+            win = window or size
+            settings = InferenceSettings(window=win, stride=max(1, round(win * 2 / 3)), base_size=size)
+        given = dict(window=window, stride=stride, base_size=base_size, ensemble_weight=ensemble_weight)
+        self.settings = replace(
+            settings or InferenceSettings(), **{k: v for k, v in given.items() if v is not None}
+        )
         self.crf_params = CRFParams.preset(f"{crf_preset}_softmax", **(crf_params or {}))
 
     @classmethod
@@ -136,26 +144,34 @@ class WeakTr:
         cam_checkpoint: str | Path | None = None,
         device: str | torch.device = "auto",
         class_names: Sequence[str] | None = None,
+        backend: str = "torch",
         **settings: Any,
     ) -> WeakTr:
         """Load checkpoints written by ``weaktr run`` (or ``weaktr convert``); either may be left out.
 
         ``device`` is ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'`` or a ``torch.device``.
         ``class_names`` (background first) name the label ids; ``settings`` are the inference
-        keywords of :class:`WeakTr`. The window and base size default to the segmenter's
-        training crop (its config's ``image_size``), the stride to two thirds of the window.
+        keywords of :class:`WeakTr`. With ``backend="onnxruntime"`` the segmenter checkpoint is an
+        ONNX export (``weaktr export-model``), run by onnxruntime on the CPU.
         """
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-        seg = load_segmenter(seg_checkpoint, dev) if seg_checkpoint is not None else None
+        seg = load_seg_net(seg_checkpoint, backend, dev) if seg_checkpoint is not None else None
         cam = load_cam_model(cam_checkpoint, dev) if cam_checkpoint is not None else None
         return cls(seg, cam, dev, class_names, **settings)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "auto") -> WeakTr:
-        """The models of a run directory, with its class names and its ``predict`` settings."""
+    def from_run(
+        cls, run_dir: str | Path, device: str | torch.device = "auto", backend: str = "torch"
+    ) -> WeakTr:
+        """The models of a run directory, with its class names and its ``predict`` settings.
+
+        ``backend="onnxruntime"`` runs the segmenter's ONNX export (``weaktr export-model RUN_DIR``).
+        """
         run_dir, lay = Path(run_dir), RunLayout(Path(run_dir))
         cfg = load_config(lay.config) if lay.config.is_file() else None
-        seg, cam = lay.seg_model, lay.cam_model
+        seg, cam = (lay.seg_onnx if backend == "onnxruntime" else lay.seg_model), lay.cam_model
+        if not seg.is_file() and lay.seg_model.is_file():
+            raise InputError(f"no ONNX export of the segmenter: run 'weaktr export-model {run_dir}'", seg)
         if not seg.is_file() and not cam.is_file():
             raise InputError("no trained model in this run directory (seg/ and cam/ are empty)", run_dir)
         names, settings = None, {}
@@ -165,16 +181,14 @@ class WeakTr:
             except InputError:
                 names = None  # the data set moved: fall back to numbered class names
             p = cfg.predict
+            # scales and flip are chosen per call (predict's arguments); amp stays off as in load
             settings = dict(
-                window=p.window,
-                stride=p.stride,
-                base_size=p.base_size,
-                ensemble_weight=p.ensemble_weight,
+                settings=InferenceSettings.from_config(p),
                 crf_preset=p.crf_preset,
                 crf_params=p.crf_params.set_values(),
             )
         return cls.load(
-            seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, **settings
+            seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, backend, **settings
         )
 
     # ---- segmentation --------------------------------------------------------------------------
@@ -188,17 +202,8 @@ class WeakTr:
         if self.segmenter is None:
             raise InputError("no segmenter loaded: pass seg_checkpoint= to WeakTr.load")
         arr = _to_array(image)
-        score = predict_probs(
-            self.segmenter,
-            arr,
-            scales=tuple(scales),
-            flip=flip,
-            window=self.window,
-            stride=self.stride,
-            ensemble_weight=self.ensemble_weight,
-            device=self.device,
-            base_size=self.base_size,
-        )
+        settings = replace(self.settings, scales=tuple(scales), flip=flip)
+        score = predict_probs(self.segmenter, arr, settings, self.device)
         probs = (score / score.sum(dim=0, keepdim=True)).float().cpu().numpy()
         labels = softmax_crf(arr, probs, self.crf_params) if crf else probs.argmax(axis=0)
         mask = labels.astype(np.uint8)
@@ -220,8 +225,8 @@ class WeakTr:
         if not paths:
             raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in the folder", folder)
         written = []
-        # entered once: on the CPU the fused blocks pack their weights here, not once per image
-        with inference_precision(self.segmenter, self.device, amp=False):
+        # entered once: with amp on the CPU the bf16 copy of the encoder is made here, not per image
+        with inference_precision(self.segmenter, self.settings, self.device):
             for path in progress(paths, desc="predict"):
                 out = out_dir / f"{path.stem}.png"
                 save_label_png(out, self.predict(path, scales, flip, crf).mask, voc_palette())
@@ -237,9 +242,7 @@ class WeakTr:
     def _class_probs(self, arr: np.ndarray) -> np.ndarray:
         """Sigmoid of the class-token logits (C,) for the whole image at its own size."""
         model = self._cam_net()
-        mean, std = normalisation(model.config.backbone)
-        x = torch.from_numpy(arr).permute(2, 0, 1).float().div(255)
-        x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        x = normalise(arr, *normalisation(model.config.backbone))
         with torch.inference_mode():
             logits = model(x[None].to(self.device)).cls_logits[0]
         return torch.sigmoid(logits.float()).cpu().numpy()

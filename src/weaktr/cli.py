@@ -30,6 +30,7 @@ COMMANDS = (
     "evaluate",
     "convert",
     "export",
+    "export_model",
     "report",
     "ablate",
 )

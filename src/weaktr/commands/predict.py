@@ -11,6 +11,7 @@ from pathlib import Path
 
 from weaktr.commands.common import add_config_args, load_run_config
 from weaktr.errors import InputError
+from weaktr.evaluation.onnx_backend import BACKENDS
 from weaktr.runtime.context import open_run
 from weaktr.runtime.layout import sibling_dir
 from weaktr.stages.predict import predict_split
@@ -23,11 +24,12 @@ def execute(args: argparse.Namespace) -> int:
     if args.out and len(splits) != 1:
         raise InputError(f"--out names one folder but {len(splits)} splits are to be predicted: {splits}")
     ctx = open_run(cfg)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.layout.seg_model
+    default = ctx.layout.seg_onnx if args.backend == "onnxruntime" else ctx.layout.seg_model
+    checkpoint = Path(args.checkpoint) if args.checkpoint else default
     crf = cfg.predict.crf and not args.no_crf
     for split in splits:
         out = Path(args.out) if args.out else ctx.layout.pred(split)
-        out = predict_split(ctx, checkpoint, split, out, crf=crf, save_probs=args.save_probs)
+        out = predict_split(ctx, checkpoint, split, out, crf, args.save_probs, args.backend)
         if ctx.dist.is_main:
             print(f"{split}: {out.resolve()}" + ("  (after CRF)" if crf else ""))
             if crf:
@@ -41,7 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="predict label maps of a split with the trained segmenter", description=__doc__
     )
-    p.add_argument("--checkpoint", metavar="PATH", help="segmenter (default: RUN_DIR/seg/model.safetensors)")
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="segmenter (default: RUN_DIR/seg/model.safetensors, or its model.onnx with onnxruntime)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="run the segmenter in PyTorch or, exported by 'weaktr export-model', in onnxruntime (CPU)",
+    )
     p.add_argument(
         "--split",
         action="append",

@@ -4,8 +4,12 @@ The authors' order matters for parity: window outputs are averaged on the *logit
 to the image size and flipped back, and only then soft-maxed; the probabilities of all scale/flip
 variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from decoder block 1 (golden O7).
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
-batched through the model in chunks. On the CPU the ViT blocks run fused oneDNN kernels; ``amp`` means
-bf16 autocast on CUDA and, on the CPU, bf16 in the encoder's transformer blocks only (:func:`_cpu_blocks`).
+batched through the model in chunks. ``amp`` means bf16 autocast on CUDA and, on the CPU, bf16 in the
+encoder's transformer blocks only (:func:`_cpu_bf16_encoder`).
+Every setting travels in one :class:`InferenceSettings`, made from the config by
+:meth:`InferenceSettings.from_config`. The network is anything with the :class:`SegNet` attributes:
+a PyTorch :class:`~weaktr.models.segmenter.Segmenter`, or an onnxruntime session standing in for one
+(:class:`~weaktr.evaluation.onnx_backend.OrtSegmenter`); the precision contexts apply to the former.
 """
 
 from __future__ import annotations
@@ -13,17 +17,91 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weaktr.models.cpu_blocks import FusedBlock, is_plain_block
+from weaktr.config import PredictConfig
+from weaktr.errors import InputError
+from weaktr.models.timm_factory import normalise
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a segmenter is run over an image; the defaults are the authors' VOC test (spec §2.5).
+
+    ``scales`` are ratios of ``base_size``, the short side at ratio 1 (None keeps the image's own
+    size); ``window``/``stride`` the sliding window; ``window_batch`` windows go through the model
+    at once; ``ensemble_weight`` weighs the decoder-layer-1 output (0 or None: P2 alone); ``amp``
+    runs bf16 (see :func:`inference_precision`).
+    """
+
+    scales: tuple[float, ...] = MS_RATIOS
+    flip: bool = True
+    window: int = 480
+    stride: int = 320
+    base_size: int | None = 520
+    window_batch: int = 8
+    ensemble_weight: float | None = 0.8
+    amp: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
+        bad = [
+            f"{name} must be > 0 (got {value})"
+            for name, value in (
+                ("window", self.window),
+                ("stride", self.stride),
+                ("window_batch", self.window_batch),
+            )
+            if value <= 0
+        ]
+        if not self.scales or min(self.scales) <= 0:
+            bad.append(f"scales must be positive ratios (got {list(self.scales)})")
+        if bad:
+            raise InputError(f"inference settings: {'; '.join(bad)}")
+
+    @classmethod
+    def from_config(cls, p: PredictConfig, amp: bool = False) -> InferenceSettings:
+        """The settings of a config's ``predict`` section; ``amp`` is the caller's resolved AMP choice
+        (``RunContext.amp``), as the evaluation during training takes it from ``seg_train``."""
+        return cls(
+            scales=tuple(p.scales),
+            flip=p.flip,
+            window=p.window,
+            stride=p.stride,
+            base_size=p.base_size,
+            window_batch=p.window_batch,
+            ensemble_weight=p.ensemble_weight,
+            amp=amp,
+        )
+
+
+DEFAULT_SETTINGS = InferenceSettings()
+
+
+class SegNet(Protocol):
+    """What the inference code asks of a network (the backend interface)."""
+
+    patch_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+    def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
+        """(B, 3, H, W) normalised windows -> [final] or [final, layer-1] masks on the patch grid."""
+        ...
+
+
+def _device_of(net: nn.Module | SegNet) -> torch.device:
+    """Where a network's inputs go: a module's parameters' device; other backends take CPU tensors."""
+    return next(net.parameters()).device if isinstance(net, nn.Module) else torch.device("cpu")
 
 
 def window_anchors(size: int, window: int, stride: int) -> list[int]:
@@ -52,16 +130,10 @@ def to_input(
     image: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device
 ) -> torch.Tensor:
     """uint8 H×W×3 (numpy or tensor) -> normalised (1, 3, H, W); a float (3, H, W) passes as normalised."""
-    t = torch.as_tensor(image)
-    if t.dtype == torch.uint8:
-        if t.ndim != 3 or t.shape[-1] != 3:
-            raise ValueError(f"uint8 images must be H×W×3, got shape {tuple(t.shape)}")
-        t = t.to(device).permute(2, 0, 1).float().div(255.0)
-        m = torch.tensor(mean, device=device).view(3, 1, 1)
-        s = torch.tensor(std, device=device).view(3, 1, 1)
-        t = (t - m) / s
+    if image.dtype == (np.uint8 if isinstance(image, np.ndarray) else torch.uint8):
+        t = normalise(image, mean, std, device)
     else:
-        t = t.to(device=device, dtype=torch.float32)
+        t = torch.as_tensor(image).to(device=device, dtype=torch.float32)
     if t.ndim == 3:
         t = t.unsqueeze(0)
     if t.ndim != 4 or t.shape[:2] != (1, 3):
@@ -70,8 +142,12 @@ def to_input(
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def _eval_mode(model: nn.Module | SegNet) -> Iterator[None]:
     """Run in eval mode without grad, restoring the caller's mode (training loops evaluate mid-epoch)."""
+    if not isinstance(model, nn.Module):
+        with torch.no_grad():
+            yield
+        return
     was_training = model.training
     model.eval()
     try:
@@ -82,40 +158,30 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
-def _cpu_blocks(model: nn.Module, bf16: bool) -> Iterator[None]:
-    """CPU inference kernels: fused oneDNN ViT blocks (:mod:`weaktr.models.cpu_blocks`), bf16 encoder.
+def _cpu_bf16_encoder(model: nn.Module) -> Iterator[None]:
+    """Route each encoder block's forward to a bf16 copy of it (weights cast once per context).
 
-    With ``bf16`` each encoder block's forward is routed to a bf16 copy of it (weights cast once per
-    context), taking and returning fp32 so the patch embedding, the final norm and the decoder stay
+    The copies take and return fp32, so the patch embedding, the final norm and the decoder stay
     fp32. Whole blocks beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
     LayerNorm); the decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm,
     where bf16 rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the
-    6-scale agreement with fp32 from 99.6 % to 99.5 %). Plain blocks, fp32 or bf16, run the fused
-    forward; others their own. Re-entering while active changes nothing.
+    6-scale agreement with fp32 from 99.6 % to 99.5 %). Re-entering while active changes nothing.
     """
-    enc = list(getattr(getattr(model, "encoder", model), "blocks", []))
-    dec = list(getattr(getattr(model, "decoder", None), "blocks", []))
-    if any("forward" in vars(b) for b in enc + dec):
+    blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
+    if any("forward" in vars(b) for b in blocks):
         yield
         return
-    for block in enc:
-        if bf16:
-            # eval mode: the copy is inference-only, even when entered around a model still in training
-            low = copy.deepcopy(block).to(torch.bfloat16).eval()
-            block.forward = partial(_run_bf16, FusedBlock(low) if is_plain_block(low) else low)
-        elif is_plain_block(block):
-            block.forward = FusedBlock(block)
-    for block in dec:
-        if is_plain_block(block):
-            block.forward = FusedBlock(block)
+    for block in blocks:
+        # eval mode: the copy is inference-only, even when entered around a model still in training
+        block.forward = partial(_run_bf16, copy.deepcopy(block).to(torch.bfloat16).eval())
     try:
         yield
     finally:
-        for block in enc + dec:
+        for block in blocks:
             vars(block).pop("forward", None)
 
 
-def _run_bf16(module: nn.Module | FusedBlock, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _run_bf16(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
     """Call ``module`` (already bf16) with its floating tensor arguments cast to bf16; fp32 out."""
 
     def cast(v: Any) -> Any:
@@ -124,15 +190,20 @@ def _run_bf16(module: nn.Module | FusedBlock, *args: Any, **kwargs: Any) -> torc
     return module(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()}).float()
 
 
-def inference_precision(model: nn.Module, device: torch.device, amp: bool) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA; on the CPU the fused blocks of :func:`_cpu_blocks`, bf16 encoder with amp.
+def inference_precision(
+    model: nn.Module | SegNet, settings: InferenceSettings, device: torch.device
+) -> AbstractContextManager[None]:
+    """bf16 autocast on CUDA with ``settings.amp``; on the CPU the bf16 encoder blocks of
+    :func:`_cpu_bf16_encoder`. Nothing for a network that is not a PyTorch module, or without amp.
 
     The inference functions enter it themselves; a caller looping over many images enters it once
     around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
     """
+    if not isinstance(model, nn.Module) or not settings.amp:
+        return nullcontext()
     if device.type == "cpu":
-        return _cpu_blocks(model, bf16=amp)
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+        return _cpu_bf16_encoder(model)
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def resize_matrix(out_size: int, in_size: int, device: torch.device | None = None) -> torch.Tensor:
@@ -164,13 +235,10 @@ def _axis_maps(
 
 
 def sliding_window_logits(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     images: torch.Tensor,
-    window: int = 480,
-    stride: int = 320,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     layer1: bool = False,
-    window_batch: int = 8,
-    amp: bool = False,
     out_size: tuple[int, int] | None = None,
 ) -> list[torch.Tensor]:
     """(N, 3, H, W) same-size images -> per output, (N, C, *out_size) logits averaged over covering windows.
@@ -180,6 +248,7 @@ def sliding_window_logits(
     masks on its patch grid (``forward_masks``); upsampling, averaging and resizing are folded into
     one matrix per window anchor and axis (:func:`_axis_maps`), so no full-size window logits exist.
     """
+    window, stride, window_batch = settings.window, settings.stride, settings.window_batch
     N, _, H, W = images.shape
     out_h, out_w = out_size or (H, W)
     x = F.pad(images, (0, max(0, window - W), 0, max(0, window - H)))
@@ -189,7 +258,7 @@ def sliding_window_logits(
     cols = _axis_maps(W, out_w, window, stride, grid, patch, x.device)
     jobs = [(n, a, b) for n in range(N) for a in rows for b in cols]
     tiles: list[list[torch.Tensor]] = []  # per output, each job's (C, grid, grid) masks in job order
-    with inference_precision(model, x.device, amp):
+    with inference_precision(model, settings, x.device):
         for i in range(0, len(jobs), window_batch):
             chunk = jobs[i : i + window_batch]
             crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
@@ -230,36 +299,27 @@ def _variant_inputs(
 
 
 def multiscale_probs(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     image: np.ndarray | torch.Tensor,
-    scales: Sequence[float] = MS_RATIOS,
-    flip: bool = True,
-    window: int = 480,
-    stride: int = 320,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     layer1: bool = True,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
     device: torch.device | None = None,
-    amp: bool = False,
-    base_size: int | None = 520,
-    window_batch: int = 8,
 ) -> list[torch.Tensor]:
     """[P2] or [P2, P1]: softmax probabilities (n_cls, H, W) averaged over the scale/flip variants.
 
-    ``base_size`` is the short side at ratio 1 (None keeps the image's own size). ``mean``/``std``
-    default to the model's; they only apply to uint8 input.
+    A uint8 image is normalised with the model's ``mean``/``std``; a float one is taken as normalised.
     """
-    device = device or next(model.parameters()).device
-    x = to_input(image, mean or model.mean, std or model.std, device)
+    device = device or _device_of(model)
+    x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
     sums: list[torch.Tensor] = []
     n_variants = 0
-    with _eval_mode(model), inference_precision(model, device, amp):
-        for ratio in scales:
-            batch = _variant_inputs(x, ratio, base_size, window, flip)
-            outs = sliding_window_logits(model, batch, window, stride, layer1, window_batch, amp, (H, W))
+    with _eval_mode(model), inference_precision(model, settings, device):
+        for ratio in settings.scales:
+            batch = _variant_inputs(x, ratio, settings.base_size, settings.window, settings.flip)
+            outs = sliding_window_logits(model, batch, settings, layer1, (H, W))
             for i, logits in enumerate(outs):
-                if flip:
+                if settings.flip:
                     logits = torch.cat([logits[:1], logits[1:].flip(-1)])
                 p = logits.softmax(dim=1).sum(0)
                 if len(sums) <= i:
@@ -271,49 +331,35 @@ def multiscale_probs(
 
 
 def predict_probs(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     image: np.ndarray | torch.Tensor,
-    scales: Sequence[float] = MS_RATIOS,
-    flip: bool = True,
-    window: int = 480,
-    stride: int = 320,
-    ensemble_weight: float | None = 0.8,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     device: torch.device | None = None,
-    amp: bool = False,
-    base_size: int | None = 520,
-    window_batch: int = 8,
 ) -> torch.Tensor:
     """Multi-scale/flip sliding-window score (n_cls, H, W) float32 on ``device``.
 
     The score is ``ensemble_weight·P1 + P2`` (the authors' default ``multi`` test), or P2 alone when
-    the weight is None or 0; see :func:`multiscale_probs` for the other arguments.
+    the weight is None or 0; see :func:`multiscale_probs`.
     """
-    use_l1 = bool(ensemble_weight)
-    probs = multiscale_probs(
-        model, image, scales, flip, window, stride, use_l1, mean, std, device, amp, base_size, window_batch
-    )
-    return probs[0] + ensemble_weight * probs[1] if use_l1 else probs[0]
+    weight = settings.ensemble_weight
+    probs = multiscale_probs(model, image, settings, bool(weight), device)
+    return probs[0] + weight * probs[1] if weight else probs[0]
 
 
 def predict_logits(
-    model: nn.Module,
+    model: nn.Module | SegNet,
     image: np.ndarray | torch.Tensor,
-    window: int = 480,
-    stride: int = 320,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    settings: InferenceSettings = DEFAULT_SETTINGS,
     device: torch.device | None = None,
-    amp: bool = False,
-    base_size: int | None = 520,
-    window_batch: int = 8,
 ) -> torch.Tensor:
-    """Single-scale, no-flip window-averaged logits (n_cls, H, W) at image size: the per-epoch evaluation."""
-    device = device or next(model.parameters()).device
-    x = to_input(image, mean or model.mean, std or model.std, device)
+    """Single-scale, no-flip window-averaged logits (n_cls, H, W) at image size: the per-epoch evaluation.
+
+    Only the window, stride, base size, window batch and amp of ``settings`` apply.
+    """
+    device = device or _device_of(model)
+    x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
-    with _eval_mode(model), inference_precision(model, device, amp):
-        batch = _variant_inputs(x, 1.0, base_size, window, flip=False)
-        (logits,) = sliding_window_logits(model, batch, window, stride, False, window_batch, amp, (H, W))
+    with _eval_mode(model), inference_precision(model, settings, device):
+        batch = _variant_inputs(x, 1.0, settings.base_size, settings.window, flip=False)
+        (logits,) = sliding_window_logits(model, batch, settings, False, (H, W))
     return logits[0]

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import timm
+import torch
 from torch import nn
 
 from weaktr.errors import InputError
@@ -92,3 +95,25 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if mean is None or std is None:
         return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     return tuple(mean), tuple(std)
+
+
+def normalise(
+    image: np.ndarray | torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """uint8 H×W×3 RGB -> float32 (3, H, W) ``(x / 255 - mean) / std``, on ``device`` (default: the image's).
+
+    The one image normalisation of every model input: torchvision's ToTensor + Normalize operation
+    order, so CAMs, predictions and the authors' golden vectors agree bit for bit. A read-only array
+    (``np.asarray`` of a PIL image) is copied rather than shared, as torch cannot share it.
+    """
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image) if image.flags.writeable else torch.tensor(image)
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected a uint8 H×W×3 image, got {image.dtype} {tuple(image.shape)}")
+    x = (image if device is None else image.to(device)).permute(2, 0, 1).float().div(255)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+    return (x - m) / s

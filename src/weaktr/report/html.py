@@ -31,7 +31,7 @@ from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, read_json
 from weaktr.models.cam import CAMNet, load_cam_model
-from weaktr.models.timm_factory import normalisation
+from weaktr.models.timm_factory import normalisation, normalise
 from weaktr.report import figures
 from weaktr.runtime.context import run_dataset
 from weaktr.runtime.logging import format_seconds
@@ -363,9 +363,7 @@ def cam_views(model: CAMNet, image: np.ndarray, label_id: int, device: torch.dev
     The patch attention is the row of the fused patch attention of the query patch, which is the
     argmax of the refined fine CAM (where the refinement draws its evidence from).
     """
-    mean, std = normalisation(model.config.backbone)
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
-    x = ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None].to(device)
+    x = normalise(image, *normalisation(model.config.backbone))[None].to(device)
     out = model(x)
     c = label_id - 1
     H, W = image.shape[:2]

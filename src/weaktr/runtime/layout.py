@@ -112,6 +112,11 @@ class RunLayout:
         return self.seg / MODEL_FILE
 
     @property
+    def seg_onnx(self) -> Path:
+        """The segmenter exported for onnxruntime (``weaktr export-model``)."""
+        return self.seg / "model.onnx"
+
+    @property
     def seg_state(self) -> Path:
         return self.seg / STATE_FILE
 

@@ -27,9 +27,9 @@ from weaktr.crf import CRFParams, softmax_crf
 from weaktr.data.images import load_image
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import inference_precision, predict_probs
+from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
+from weaktr.evaluation.onnx_backend import load_seg_net
 from weaktr.io import save_label_png, write_probs
-from weaktr.models.segmenter import load_segmenter
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier, shard
 from weaktr.runtime.layout import sibling_dir
@@ -75,14 +75,23 @@ class _CRFQueue:
 
 
 def predict_split(
-    ctx: RunContext, model_path: Path, split: str, out_dir: Path, crf: bool, save_probs: bool = False
+    ctx: RunContext,
+    model_path: Path,
+    split: str,
+    out_dir: Path,
+    crf: bool,
+    save_probs: bool = False,
+    backend: str = "torch",
 ) -> Path:
-    """Write the predictions of ``split`` to ``out_dir`` (see the module docstring); returns ``out_dir``."""
+    """Write the predictions of ``split`` to ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    ``backend`` runs a checkpoint in PyTorch (``torch``) or an ONNX export in ``onnxruntime``.
+    """
     info, p = ctx.dataset, ctx.cfg.predict
     out_dir = Path(out_dir)
     nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
     ctx.clear_temporaries(out_dir, nocrf_dir, probs_dir)
-    model = load_segmenter(model_path, ctx.device)
+    model = load_seg_net(model_path, backend, ctx.device)
     if model.n_cls != info.num_classes:
         raise InputError(
             f"the segmenter predicts {model.n_cls} classes but data set {info.name!r} has "
@@ -97,36 +106,24 @@ def predict_split(
     ]
     palette = voc_palette() if info.palette == "voc" else None
     params = CRFParams.preset(f"{p.crf_preset}_softmax", **p.crf_params.set_values()) if crf else None
-    amp = ctx.amp(p.amp)
-    weight = p.ensemble_weight or None
+    settings = InferenceSettings.from_config(p, amp=ctx.amp(p.amp))
+    total_weight = 1.0 + (settings.ensemble_weight or 0.0)
     workers = p.workers or max(1, len(os.sched_getaffinity(0)) // ctx.dist.world)
     if len(todo) < len(ids):
         log.info("predict %s: %d of %d images done before, skipped", split, len(ids) - len(todo), len(ids))
     out_dir.mkdir(parents=True, exist_ok=True)
     queue = _CRFQueue(workers if crf else 0)
     try:
-        with inference_precision(model, ctx.device, amp):  # one bf16 copy for the split
+        with inference_precision(model, settings, ctx.device):  # one bf16 copy for the split
             for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
                 image = load_image(info.image_path(image_id))
-                score = predict_probs(
-                    model,
-                    image,
-                    p.scales,
-                    p.flip,
-                    p.window,
-                    p.stride,
-                    weight,
-                    device=ctx.device,
-                    amp=amp,
-                    base_size=p.base_size,
-                    window_batch=p.window_batch,
-                )
+                score = predict_probs(model, image, settings, ctx.device)
                 pred = score.argmax(0)
                 keys = torch.unique(pred)
                 present = score[keys].cpu().numpy()
                 keys_np = keys.cpu().numpy()
                 if save_probs:
-                    write_probs(probs_dir / f"{image_id}.npz", present / (1.0 + (weight or 0.0)), keys_np)
+                    write_probs(probs_dir / f"{image_id}.npz", present / total_weight, keys_np)
                 labels = pred.cpu().numpy().astype(np.uint8)
                 if params is None:
                     save_label_png(out_dir / f"{image_id}.png", labels, palette)

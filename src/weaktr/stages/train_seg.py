@@ -31,7 +31,7 @@ from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import inference_precision, predict_logits
+from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter, param_groups, save_segmenter
@@ -111,20 +111,14 @@ class _Meter:
         return out
 
 
+def _settings(ctx: RunContext) -> InferenceSettings:
+    """The predict section's window settings at the training precision (single scale, no flip)."""
+    return InferenceSettings.from_config(ctx.cfg.predict, amp=ctx.amp(ctx.cfg.seg_train.amp))
+
+
 def _predict(ctx: RunContext, model: Segmenter, image: np.ndarray) -> torch.Tensor:
     """Single-scale sliding-window labels (H, W) of one image, as the per-epoch evaluation scores them."""
-    p = ctx.cfg.predict
-    logits = predict_logits(
-        model,
-        image,
-        window=p.window,
-        stride=p.stride,
-        device=ctx.device,
-        amp=ctx.amp(ctx.cfg.seg_train.amp),
-        base_size=p.base_size,
-        window_batch=p.window_batch,
-    )
-    return logits.argmax(0)
+    return predict_logits(model, image, _settings(ctx), ctx.device).argmax(0)
 
 
 def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[str, Any]:
@@ -132,9 +126,7 @@ def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[st
     info = ctx.dataset
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
-    with inference_precision(
-        model, ctx.device, ctx.amp(ctx.cfg.seg_train.amp)
-    ):  # one bf16 copy for the split
+    with inference_precision(model, _settings(ctx), ctx.device):  # one bf16 copy for the split
         for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
             image = load_image(info.image_path(image_id))
             cm.update(_predict(ctx, model, image), load_label_map(info.mask_path(image_id), image.shape[:2]))

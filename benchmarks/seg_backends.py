@@ -1,0 +1,130 @@
+"""The CPU inference backends of a DeiT-S segmenter side by side, through the public inference API.
+
+Variants (each its own copy of one random-init model, so their CPU contexts do not share blocks):
+
+- ``torch_plain``: PyTorch (timm's own block forward; until 2026-12-03 a fused private-op path,
+  ``torch_fused``, ran beside it: see docs/benchmarks-inference.md);
+- ``torch_bf16``: ``amp=True`` (bf16 copies of the encoder blocks);
+- ``ort_fp32``: the ``weaktr export-model`` file in onnxruntime;
+- ``ort_int8``: that file with dynamically quantised int8 MatMul weights (onnxruntime.quantization);
+- ``ort_fp16``: that file converted to fp16 (fp32 inputs/outputs; onnxruntime's x86 CPU EP has no
+  bf16 kernels, so fp16 is its low-precision float).
+
+Each variant's load (checkpoint or session, plus the bf16 copy) and its one-off preparation
+(export, quantisation) are timed once; the predictions go in interleaved rounds (``measure_rounds``),
+so per-round ratios against ``torch_plain`` share the load of the machine.
+Pixel agreement is against ``torch_plain`` fp32; a variant below 99.5 % at one scale is not run at six.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import cpu_seconds, measure_rounds, paired_ratios
+
+from weaktr.evaluation.inference import InferenceSettings, SegNet, inference_precision, predict_probs
+from weaktr.evaluation.onnx_backend import OrtSegmenter, export_segmenter
+from weaktr.models.segmenter import SegConfig, build_segmenter, load_segmenter, save_segmenter
+
+AGREEMENT_MIN = 0.995
+REFERENCE = "torch_plain"
+
+
+@dataclass
+class Variant:
+    net: SegNet
+    fields: dict[str, Any]  # InferenceSettings fields of this variant (amp)
+    load: dict[str, float]  # wall/CPU seconds to get it ready to predict
+    note: str = ""
+
+
+def _seconds(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """``fn()`` and its wall and CPU seconds (one-off steps: loading, exporting)."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    value = fn()
+    return value, {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(cpu_seconds() - cpu, 3)}
+
+
+def build_variants(work: Path, stack: ExitStack) -> dict[str, Variant]:
+    """Save a random DeiT-S segmenter, export and convert it, and load every variant (timed)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    torch.manual_seed(0)
+    ckpt = work / "seg.safetensors"
+    save_segmenter(ckpt, build_segmenter(SegConfig()).eval())
+    cpu = torch.device("cpu")
+    out: dict[str, Variant] = {}
+    for name, fields in (
+        ("torch_plain", {}),
+        ("torch_bf16", {"amp": True}),
+    ):
+        settings = InferenceSettings(**fields)
+
+        def ready(s: InferenceSettings = settings) -> torch.nn.Module:
+            model = load_segmenter(ckpt, cpu)
+            stack.enter_context(inference_precision(model, s, cpu))  # the bf16 copy: once
+            return model
+
+        model, load = _seconds(ready)
+        out[name] = Variant(model, fields, load)
+    onnx_fp32 = work / "seg.onnx"
+    _, export = _seconds(lambda: export_segmenter(ckpt, onnx_fp32))
+    prepared = {"ort_fp32": (onnx_fp32, export)}
+    _, quant = _seconds(lambda: quantize_dynamic(onnx_fp32, work / "int8.onnx", weight_type=QuantType.QInt8))
+    prepared["ort_int8"] = (work / "int8.onnx", quant)
+
+    def to_fp16() -> None:
+        onnx.save(
+            convert_float_to_float16(onnx.load(str(onnx_fp32)), keep_io_types=True), str(work / "fp16.onnx")
+        )
+
+    _, half = _seconds(to_fp16)
+    prepared["ort_fp16"] = (work / "fp16.onnx", half)
+    for name, (path, prep) in prepared.items():
+        net, load = _seconds(lambda p=path: OrtSegmenter(p))
+        out[name] = Variant(
+            net, {}, load, f"prepared in {prep['wall_s']:.1f} s wall ({prep['cpu_s']:.1f} s CPU)"
+        )
+    return out
+
+
+def bench_backends(
+    image: np.ndarray, rounds_1: int, rounds_6: int, window_batch: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(timings, loads): 1-scale and 6-scale × flip (ensemble) rounds with agreements; load times."""
+    one = InferenceSettings(scales=(1.0,), flip=False, ensemble_weight=None, window_batch=window_batch)
+    six = InferenceSettings(window_batch=window_batch)
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        variants = build_variants(Path(tmp), stack)
+        loads = {k: {**v.load, "note": v.note} for k, v in variants.items()}
+        names = list(variants)
+        for label, base, rounds in (("1scale", one, rounds_1), ("6scale_flip_ens", six, rounds_6)):
+            preds: dict[str, torch.Tensor] = {}
+
+            def run(name: str, base: InferenceSettings = base, preds: dict = preds) -> Callable[[], None]:
+                v = variants[name]
+                settings = replace(base, **v.fields)
+                return lambda: preds.__setitem__(name, predict_probs(v.net, image, settings).argmax(0))
+
+            if label == "1scale":
+                for name in names:  # warm-up (allocator, oneDNN primitives, onnxruntime arenas)
+                    run(name)()
+            timings = measure_rounds({n: run(n) for n in names}, rounds)
+            for name, t in timings.items():
+                t["agreement"] = (preds[name] == preds[REFERENCE]).float().mean().item()
+                t["counts"] = t["agreement"] >= AGREEMENT_MIN
+                t["plain_ratios"] = paired_ratios(timings[REFERENCE], t)  # > 1: faster than torch_plain
+                result[f"{label}_{name}"] = t
+            names = [n for n in names if timings[n]["counts"]]  # six scales only for what counts
+    return result, loads
