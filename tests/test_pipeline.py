@@ -70,6 +70,9 @@ def test_demo_writes_every_artefact(demo_run: Path):
     assert summary["seconds"] > 0
     assert set(summary["stage_seconds"]) == set(STAGE_NAMES)
     assert (demo_run / "report" / "index.html").is_file()
+    views = json.loads((demo_run / "views" / "index.json").read_text())
+    assert len(views["images"]) == 2  # report.n_examples
+    assert 'src="cams.png"' in (demo_run / "report" / "index.html").read_text()
     assert (demo_run / "config.yaml").is_file()
     ids = (demo_run / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     assert {p.stem for p in (demo_run / "pred" / "val").glob("*.png")} == set(ids)

@@ -19,7 +19,7 @@ from typing import Any
 
 from weaktr.errors import InputError
 from weaktr.io import write_json
-from weaktr.report.html import build_report
+from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier
 from weaktr.runtime.layout import RunLayout, sibling_dir
@@ -29,6 +29,7 @@ from weaktr.stages.scoring import evaluate_stage
 from weaktr.stages.seeds import seeds_stage
 from weaktr.stages.train_cam import train_cam
 from weaktr.stages.train_seg import train_seg
+from weaktr.stages.views import views_stage
 
 log = logging.getLogger(__name__)
 CAM_VARIANTS = ("coarse", "fused", "refined")  # scored for the report besides the CAMs in use
@@ -130,13 +131,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("train_cam", lambda lay: (lay.cam,), _train_cam),
     Stage("gen_cam", lambda lay: (lay.cams,), _gen_cam),
     Stage("eval_cams", lambda lay: tuple(lay.cams_of(k) for k in CAM_VARIANTS), _eval_cams),
+    Stage("views", lambda lay: (lay.views,), views_stage),
     Stage("seeds", lambda lay: (lay.seeds(False), lay.seeds(True)), _seeds),
     Stage("train_seg", lambda lay: (lay.seg,), _train_seg),
     Stage("predict", lambda lay: (lay.pred_root,), _predict),
     Stage("report", lambda lay: (lay.report_dir,), _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "seeds")
+PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "views", "seeds")
 
 
 def _headline(scores: dict[str, Any]) -> dict[str, Any]:
