@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weaktr.data.sampling import spread
 from weaktr.errors import InputError
 from weaktr.io import write_json
 from weaktr.report.render import build_report
@@ -72,19 +73,38 @@ def _other_refine_kind(ctx: RunContext) -> str:
     return "fused" if refine else "refined"
 
 
+def _cam_variant_sample(ctx: RunContext, split: str) -> list[str]:
+    """The images the report-only CAM variants are made and scored on (report.cam_variant_images)."""
+    n = ctx.cfg.report.cam_variant_images
+    if n is not None and n < 1:
+        raise InputError(f"report.cam_variant_images must be a positive number of images or null, got {n}")
+    return spread(ctx.dataset.ids(split), n)
+
+
 def _eval_cams(ctx: RunContext) -> dict[str, Any]:
-    """Score coarse, used and alternative CAMs on the GT split with a threshold sweep (for reporting)."""
+    """Score coarse, used and alternative CAMs on the GT split with a threshold sweep (for reporting).
+
+    The used CAMs exist for every image already; coarse and the other refine variant only feed the
+    report, so they are generated and scored on an evenly spread sample of report.cam_variant_images.
+    """
     if not _has_gt(ctx):
         return {"skipped": "the data set has no ground-truth masks"}
     lay, split = ctx.layout, _cam_eval_split(ctx)
     results = {"cam_fine": evaluate_stage(ctx, lay.cams, split, "cam_fine", sweep=True)}
     other = _other_refine_kind(ctx)
     dirs = {kind: lay.cams_of(kind) for kind in ("coarse", other)}
+    sample = _cam_variant_sample(ctx, split)
     gen_cam_stage(
-        ctx, lay.cam_model, split=split, kind="coarse", out_dir=dirs["coarse"], also={other: dirs[other]}
+        ctx,
+        lay.cam_model,
+        split=split,
+        kind="coarse",
+        out_dir=dirs["coarse"],
+        also={other: dirs[other]},
+        ids=sample,
     )
     for kind, cams in dirs.items():
-        results[f"cam_{kind}"] = evaluate_stage(ctx, cams, split, f"cam_{kind}", sweep=True)
+        results[f"cam_{kind}"] = evaluate_stage(ctx, cams, split, f"cam_{kind}", sweep=True, ids=sample)
     return {k: _headline(v) for k, v in results.items()}
 
 

@@ -66,7 +66,7 @@ def build_report(run_dir: str | Path, n_examples: int | None = None) -> Path:
     page = sections.Page(lay, cfg, dataset, n, voc_palette(), absent)
 
     metrics = read_metrics(lay, page.absent)
-    found = [sections.summary(page, *read_scores(lay, page.absent)), sections.iou(page, metrics)]
+    found = [sections.summary(page, *read_scores(lay, page.absent), metrics), sections.iou(page, metrics)]
     if cfg is not None and dataset is not None:
         found += [sections.legend(page, dataset), *sections.cams(page, dataset)]
         found += [sections.examples(page, cfg, dataset), sections.data(page, cfg, dataset)]

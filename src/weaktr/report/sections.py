@@ -98,30 +98,50 @@ class Page:
         return Figure(src, alt)
 
 
-def summary(page: Page, scores: dict[str, Any], seconds: dict[str, float], total: float | None) -> Section:
-    """mIoU per artefact, the run's time and the choices made with ground truth."""
+def summary(
+    page: Page,
+    scores: dict[str, Any],
+    seconds: dict[str, float],
+    total: float | None,
+    metrics: dict[str, dict[str, Any]],
+) -> Section:
+    """mIoU per artefact with the images each score used, the run's time and the GT-based choices."""
     cfg = page.cfg
     train = (cfg.data.cam_eval_split or cfg.data.train_split) if cfg else "train"
     val = cfg.data.val_split if cfg else "val"
     split_of = {k: train for k in STAGE_LABELS} | {"segmenter": val, "segmenter_nocrf": val}
-    rows = []
+    rows, sampled = [], []
     for key in [*STAGE_LABELS, *sorted(set(scores) - set(STAGE_LABELS))]:
         if key not in scores and key not in ALWAYS_LISTED:
             continue
         row: dict[str, Any] = {"label": STAGE_LABELS.get(key, key), "key": key, "miou": None}
         if key in scores:
-            s = scores[key]
+            s, m = scores[key], metrics.get(key, {})
+            images, of = s.get("images", m.get("images")), s.get("sampled_from", m.get("sampled_from"))
             row |= {
                 "split": split_of.get(key, ""),
                 "miou": float(s["miou"]),
-                "details": [(k, v) for k, v in s.items() if k != "miou" and isinstance(v, int | float)],
+                "images": "–" if images is None else f"{images} of {of}" if of else str(images),
+                "details": [
+                    (k, v)
+                    for k, v in s.items()
+                    if k not in ("miou", "images", "sampled_from") and isinstance(v, int | float)
+                ],
             }
+            if of:
+                sampled.append(key)
         rows.append(row)
     return Section(
         "summary",
         "Summary (mIoU per stage)",
         "summary.html.j2",
-        {"rows": rows, "total": total, "seconds": seconds, "gt_choices": gt_choices(cfg) if cfg else None},
+        {
+            "rows": rows,
+            "sampled": sampled,
+            "total": total,
+            "seconds": seconds,
+            "gt_choices": gt_choices(cfg) if cfg else None,
+        },
     )
 
 
