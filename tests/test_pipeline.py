@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from weaktr.ablation import format_table, run_ablations
 from weaktr.cli import COMMANDS, build_parser, main
+from weaktr.config import load_config
 from weaktr.pipeline import STAGE_NAMES
+from weaktr.report.render import build_report
 
 TINY = [
     "data.demo.n_train=24",
@@ -70,6 +73,9 @@ def test_demo_writes_every_artefact(demo_run: Path):
     assert summary["seconds"] > 0
     assert set(summary["stage_seconds"]) == set(STAGE_NAMES)
     assert (demo_run / "report" / "index.html").is_file()
+    views = json.loads((demo_run / "views" / "index.json").read_text())
+    assert len(views["images"]) == 2  # report.n_examples
+    assert 'src="cams.png"' in (demo_run / "report" / "index.html").read_text()
     assert (demo_run / "config.yaml").is_file()
     ids = (demo_run / "data" / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
     assert {p.stem for p in (demo_run / "pred" / "val").glob("*.png")} == set(ids)
@@ -104,3 +110,26 @@ def test_ablation_reuses_phase1_for_decoder_variants(demo_run: Path, tmp_path: P
     assert "segmenter" in rows[1]
     assert "| tau_0 |" in format_table(rows)
     assert (out / "ablation.md").is_file()
+
+
+def test_report_only_cam_variants_are_scored_on_a_stated_sample(demo_run: Path, tmp_path: Path, capsys):
+    assert load_config("demo").report.cam_variant_images is None  # the demo's documented figures: all images
+    assert load_config("voc").report.cam_variant_images == 300
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, symlinks=True)
+    args = ["demo", "--run-dir", str(run), "--force", "eval_cams", "--until", "eval_cams", *TINY]
+    assert main([*args, "report.cam_variant_images=5"]) == 0
+    n_train = len((run / "data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split())
+    assert len(list((run / "cams").glob("*.npz"))) == n_train  # the CAMs in use: every image
+    for variant in ("coarse", "refined"):  # the demo uses the fused CAMs; refined is the other variant
+        assert len(list((run / f"cams_{variant}").glob("*.npz"))) == 5
+        metrics = json.loads((run / "metrics" / f"cam_{variant}.json").read_text())
+        assert (metrics["images"], metrics["sampled_from"]) == (5, n_train)
+    fine = json.loads((run / "metrics" / "cam_fine.json").read_text())
+    assert fine["images"] == n_train and "sampled_from" not in fine
+    assert f"cam_coarse (train, 5 of {n_train} images" in capsys.readouterr().out
+    text = build_report(run).read_text()
+    assert f'<td class="num">5 of {n_train}</td>' in text and f'<td class="num">{n_train}</td>' in text
+    assert "cam_coarse, cam_refined only feed this report" in text
+    assert main([*args, "report.cam_variant_images=0"]) == 2
+    assert "report.cam_variant_images must be a positive number" in capsys.readouterr().err

@@ -20,11 +20,15 @@ from weaktr.data.palette import voc_palette
 from weaktr.evaluation.metrics import ConfusionMatrix, save_json
 from weaktr.io import save_label_png, write_json
 from weaktr.models.cam import CAMConfig, build_cam_model, save_cam_model
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import DistInfo
 from weaktr.runtime.logging import JsonlLogger
+from weaktr.stages.views import cam_views, views_stage
 
 pytest.importorskip("matplotlib")
 
-from weaktr.report.html import build_report, cam_views, log_panels
+from weaktr.report.curves import log_panels
+from weaktr.report.render import build_report
 
 N_CLASSES = 3
 STAGES = ("cam_coarse", "cam_fine", "seeds", "seeds_crf", "pseudo_masks", "segmenter")
@@ -65,6 +69,7 @@ def make_tiny_run(run_dir: Path) -> Path:
         )
     )
     save_cam_model(run_dir / "cam" / "model.safetensors", model)
+    views_stage(RunContext(cfg, run_dir, info, DistInfo(0, 1, 0, torch.device("cpu"), True)))
     outputs = {"seeds": ("train", 6), "seeds_crf": ("train", 3), "pred/train": ("train", 2)}
     outputs |= {"pred/val": ("val", 1), "pred/val_nocrf": ("val", 4)}
     cms = {}
@@ -168,11 +173,11 @@ def test_report_of_a_partial_run_names_what_is_absent(tiny_run: Path) -> None:
     assert not (index.parent / "examples.png").exists()  # stale figures of the first build are gone
 
 
-def test_report_survives_a_damaged_checkpoint_and_a_missing_image(tiny_run: Path) -> None:
-    (tiny_run / "cam" / "model.safetensors").write_bytes(b"not a checkpoint")
+def test_report_survives_damaged_views_and_a_missing_image(tiny_run: Path) -> None:
+    (tiny_run / "views" / "index.json").write_text('{"split": "train", "images": [')
     (tiny_run / "data" / "JPEGImages" / "000000.jpg").unlink()
     index = build_report(tiny_run, n_examples=1)
-    assert "a loadable CAM network" in index.read_text()
+    assert "a readable views/index.json" in index.read_text()
     assert "cams.png" not in _linked_images(index) and "data.png" in _linked_images(index)
 
 
@@ -225,3 +230,35 @@ def test_report_command(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope: run directory not found" in err[0]
     assert json.loads((tiny_run / "summary.json").read_text())["seconds"] == 321.5
+
+
+def test_report_reads_artefacts_only_and_never_builds_a_model(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the report built or loaded a model")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", refuse)
+    for loader in ("weaktr.models.cam.load_cam_model", "weaktr.models.segmenter.load_segmenter"):
+        monkeypatch.setattr(loader, refuse)
+    assert main(["report", str(tiny_run), "--examples", "2"]) == 0
+    index = Path(capsys.readouterr().out.strip())
+    assert {"cams.png", "aaf.png"} <= set(_linked_images(index))
+    assert "Not in this run directory" not in index.read_text()
+
+
+def test_report_of_a_run_without_views_says_so(tiny_run: Path) -> None:
+    shutil.rmtree(tiny_run / "views")  # a run made before the views stage existed
+    index = build_report(tiny_run, n_examples=1)
+    text = index.read_text()
+    assert "views/index.json (CAM and attention views" in text and "no CAM figure, no AAF weights" in text
+    assert not {"cams.png", "aaf.png"} & set(_linked_images(index))
+
+
+def test_a_damaged_view_file_leaves_its_row_out(tiny_run: Path) -> None:
+    index_json = json.loads((tiny_run / "views" / "index.json").read_text())
+    first, *rest = [e["id"] for e in index_json["images"]]
+    (tiny_run / "views" / f"{first}.npz").write_bytes(b"torn")
+    text = build_report(tiny_run).read_text()
+    assert f"a readable views/{first}.npz" in text and "its row is left out" in text
+    assert f"averaged over the {len(rest)} images above" in text

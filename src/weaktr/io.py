@@ -226,3 +226,30 @@ def read_npy_dict(path: str | Path) -> dict[str, np.ndarray]:
     if bad:
         raise InputError(f"not a dict of str -> numeric array (entries {', '.join(bad[:3])} are not)", path)
     return table
+
+
+def save_views(path: str | Path, maps: dict[str, np.ndarray], aaf: np.ndarray) -> None:
+    """Write one image's display maps (each (H, W) in [0, 1], stored float16) and its AAF weights."""
+    names = list(maps)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            names=np.asarray(names, dtype=str),
+            maps=np.stack([np.asarray(maps[n], dtype=np.float16) for n in names]),
+            aaf=np.asarray(aaf, dtype=np.float32),
+        )
+
+
+def load_views(path: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Read ``({name: map float32 (H, W)}, aaf float32)`` from a file written by :func:`save_views`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("views file not found (run the views stage)", path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names, maps, aaf = [str(n) for n in data["names"]], data["maps"].astype(np.float32), data["aaf"]
+    except Exception as exc:  # zipfile, pickle and key errors all mean a damaged file
+        raise InputError(f"not a readable views .npz file ({exc})", path) from exc
+    if maps.ndim != 3 or len(names) != maps.shape[0]:
+        raise InputError(f"views file has {len(names)} names for maps of shape {maps.shape}", path)
+    return dict(zip(names, maps, strict=True)), aaf.astype(np.float32)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weaktr.data.sampling import spread
 from weaktr.errors import InputError
 from weaktr.io import write_json
-from weaktr.report.html import build_report
+from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier
 from weaktr.runtime.layout import RunLayout, sibling_dir
@@ -29,6 +30,7 @@ from weaktr.stages.scoring import evaluate_stage
 from weaktr.stages.seeds import seeds_stage
 from weaktr.stages.train_cam import train_cam
 from weaktr.stages.train_seg import train_seg
+from weaktr.stages.views import views_stage
 
 log = logging.getLogger(__name__)
 CAM_VARIANTS = ("coarse", "fused", "refined")  # scored for the report besides the CAMs in use
@@ -71,19 +73,38 @@ def _other_refine_kind(ctx: RunContext) -> str:
     return "fused" if refine else "refined"
 
 
+def _cam_variant_sample(ctx: RunContext, split: str) -> list[str]:
+    """The images the report-only CAM variants are made and scored on (report.cam_variant_images)."""
+    n = ctx.cfg.report.cam_variant_images
+    if n is not None and n < 1:
+        raise InputError(f"report.cam_variant_images must be a positive number of images or null, got {n}")
+    return spread(ctx.dataset.ids(split), n)
+
+
 def _eval_cams(ctx: RunContext) -> dict[str, Any]:
-    """Score coarse, used and alternative CAMs on the GT split with a threshold sweep (for reporting)."""
+    """Score coarse, used and alternative CAMs on the GT split with a threshold sweep (for reporting).
+
+    The used CAMs exist for every image already; coarse and the other refine variant only feed the
+    report, so they are generated and scored on an evenly spread sample of report.cam_variant_images.
+    """
     if not _has_gt(ctx):
         return {"skipped": "the data set has no ground-truth masks"}
     lay, split = ctx.layout, _cam_eval_split(ctx)
     results = {"cam_fine": evaluate_stage(ctx, lay.cams, split, "cam_fine", sweep=True)}
     other = _other_refine_kind(ctx)
     dirs = {kind: lay.cams_of(kind) for kind in ("coarse", other)}
+    sample = _cam_variant_sample(ctx, split)
     gen_cam_stage(
-        ctx, lay.cam_model, split=split, kind="coarse", out_dir=dirs["coarse"], also={other: dirs[other]}
+        ctx,
+        lay.cam_model,
+        split=split,
+        kind="coarse",
+        out_dir=dirs["coarse"],
+        also={other: dirs[other]},
+        ids=sample,
     )
     for kind, cams in dirs.items():
-        results[f"cam_{kind}"] = evaluate_stage(ctx, cams, split, f"cam_{kind}", sweep=True)
+        results[f"cam_{kind}"] = evaluate_stage(ctx, cams, split, f"cam_{kind}", sweep=True, ids=sample)
     return {k: _headline(v) for k, v in results.items()}
 
 
@@ -130,13 +151,14 @@ STAGES: tuple[Stage, ...] = (
     Stage("train_cam", lambda lay: (lay.cam,), _train_cam),
     Stage("gen_cam", lambda lay: (lay.cams,), _gen_cam),
     Stage("eval_cams", lambda lay: tuple(lay.cams_of(k) for k in CAM_VARIANTS), _eval_cams),
+    Stage("views", lambda lay: (lay.views,), views_stage),
     Stage("seeds", lambda lay: (lay.seeds(False), lay.seeds(True)), _seeds),
     Stage("train_seg", lambda lay: (lay.seg,), _train_seg),
     Stage("predict", lambda lay: (lay.pred_root,), _predict),
     Stage("report", lambda lay: (lay.report_dir,), _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "seeds")
+PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "views", "seeds")
 
 
 def _headline(scores: dict[str, Any]) -> dict[str, Any]:

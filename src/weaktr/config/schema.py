@@ -176,6 +176,10 @@ class ReportConfig:
     split: str = "val"
     # choices the config's author made beforehand by looking at pixel labels; the report lists them
     gt_choices: list[str] = field(default_factory=list)
+    # images of the GT split on which the report-only CAM variants (coarse, the other refine variant)
+    # are generated and scored: an evenly spread sample, so scoring costs the same on any data set;
+    # null = the whole split
+    cam_variant_images: int | None = 300
 
 
 def _default_cam_model() -> dict[str, Any]:

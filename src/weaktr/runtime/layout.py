@@ -99,8 +99,17 @@ class RunLayout:
 
     @property
     def views(self) -> Path:
-        """CAM / attention views of a few sample images, drawn by a stage for the report."""
+        """CAM / attention views of a few sample images, computed by the views stage for the report."""
         return self.root / "views"
+
+    @property
+    def views_index(self) -> Path:
+        """Which images have views, their class and query point, and the CAM network's layout."""
+        return self.views / "index.json"
+
+    def view(self, image_id: str) -> Path:
+        """One sample image's maps (coarse, cross-attention, patch attention, fine, fused) and AAF weights."""
+        return self.views / f"{image_id}.npz"
 
     # -- phase 2: the segmenter and its predictions -------------------------------------------------
     @property
@@ -152,6 +161,15 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.report_dir / "index.html"
+
+    def report_figure(self, name: str) -> Path:
+        """A PNG figure of the report (``iou``, ``cams``, ...), linked from index.html by its file name."""
+        return self.report_dir / f"{name}.png"
+
+    @property
+    def report_css(self) -> Path:
+        """The report's stylesheet, copied beside index.html so the folder stands alone."""
+        return self.report_dir / "report.css"
 
     @property
     def tensorboard(self) -> Path:

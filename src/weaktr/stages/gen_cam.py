@@ -21,10 +21,12 @@ from weaktr.runtime.distributed import barrier
 log = logging.getLogger("weaktr")
 
 
-def cam_items(info: DatasetInfo, split: str) -> list[tuple[str, Path, list[int]]]:
-    """(id, image path, foreground label ids) of every image of ``split``."""
+def cam_items(
+    info: DatasetInfo, split: str, ids: Sequence[str] | None = None
+) -> list[tuple[str, Path, list[int]]]:
+    """(id, image path, foreground label ids) of every image of ``split``, or of ``ids`` among them."""
     labels = info.labels()
-    ids = info.ids(split)
+    ids = info.ids(split) if ids is None else list(ids)
     missing = [i for i in ids if i not in labels]
     if missing:
         raise InputError(
@@ -58,14 +60,14 @@ def write_split_cams(
     kind: str = "default",
     progress: bool = True,
     also: Mapping[str, Path] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> Path:
-    """CAMs of ``split`` with an already loaded model, sharded over ranks; all ranks return together.
-
-    ``also`` maps further CAM kinds to folders, written from the same forwards."""
+    """CAMs of ``split`` (or of its images ``ids``) with an already loaded model, sharded over ranks;
+    all ranks return together. ``also`` maps further CAM kinds to folders, written from the same forwards."""
     mean, std = normalisation(model.config.backbone)
     generate_cams(
         model,
-        cam_items(ctx.dataset, split),
+        cam_items(ctx.dataset, split, ids),
         out_dir,
         scales,
         mean,
@@ -92,9 +94,10 @@ def gen_cam_stage(
     kind: str = "default",
     out_dir: str | Path | None = None,
     also: Mapping[str, Path] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> Path:
-    """Multi-scale CAMs of ``split`` (default data.train_split) into ``out_dir`` (default run_dir/cams);
-    ``also`` maps further kinds to folders, written from the same forwards."""
+    """Multi-scale CAMs of ``split`` (default data.train_split; only ``ids`` when given) into ``out_dir``
+    (default run_dir/cams); ``also`` maps further kinds to folders, written from the same forwards."""
     split = split or ctx.cfg.data.train_split
     out = Path(out_dir) if out_dir is not None else ctx.run_dir / "cams"
     model = load_cam_model(model_path, ctx.device)
@@ -105,7 +108,8 @@ def gen_cam_stage(
             model_path,
         )
     ctx.clear_temporaries(out, *(also or {}).values())
-    log.info("gen-cam: %s CAMs of split %r → %s", kind, split, out)
+    of = "" if ids is None else f"{len(ids)} images of "
+    log.info("gen-cam: %s CAMs of %ssplit %r → %s", kind, of, split, out)
     for k, d in (also or {}).items():
         log.info("gen-cam: and %s CAMs → %s", k, d)
-    return write_split_cams(ctx, model, split, out, ctx.cfg.cam_gen.scales, kind, also=also)
+    return write_split_cams(ctx, model, split, out, ctx.cfg.cam_gen.scales, kind, also=also, ids=ids)

@@ -66,18 +66,24 @@ def evaluate_stage(
     name: str,
     sweep: bool = False,
     gt: str | Path | None = None,
+    ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score label PNGs (or, with ``sweep``, CAM files over the seeds.sweep thresholds) against GT.
 
-    Writes run_dir/metrics/<name>.json (per-class IoU / precision / recall and the means) and prints
-    the table on the main rank. Returns the scores, with ``threshold`` and ``sweep`` for CAMs.
+    ``ids`` scores a sample of the split instead of all of it. Writes run_dir/metrics/<name>.json
+    (per-class IoU / precision / recall and the means, ``images`` scored and, for a sample,
+    ``sampled_from``, the split's size) and prints the table on the main rank. Returns the scores,
+    with ``threshold`` and ``sweep`` for CAMs.
     """
     source = Path(pred_dir_or_cam_dir)
     if not source.is_dir():
         raise InputError("folder to evaluate not found", source)
     gt_path = Path(gt) if gt is not None else gt_dir(ctx.dataset)
-    ids = ctx.dataset.ids(split)
+    split_ids = ctx.dataset.ids(split)
+    ids = split_ids if ids is None else list(ids)
     extra: dict[str, Any] = {"name": name, "split": split, "source": str(source), "images": len(ids)}
+    if len(ids) < len(split_ids):
+        extra["sampled_from"] = len(split_ids)
     threshold = None
     if sweep:  # the sweep reads every CAM once on rank 0; the chosen t is then scored by all ranks
         best = 0.0
@@ -90,9 +96,10 @@ def evaluate_stage(
     scores = _confusion(ctx, source, ids, gt_path, threshold).scores()
     if ctx.dist.is_main:
         names = ctx.dataset.class_names
-        save_json(ctx.run_dir / "metrics" / f"{name}.json", scores, names, extra)
+        save_json(ctx.layout.metrics(name), scores, names, extra)
         at = "" if threshold is None else f", t={threshold:.2f}"
-        print(f"{name} ({split}, {len(ids)} images{at}):")
+        of = f" of {len(split_ids)}" if len(ids) < len(split_ids) else ""
+        print(f"{name} ({split}, {len(ids)}{of} images{at}):")
         print(format_table(scores, names))
     barrier()
     return {**extra, **scores}
