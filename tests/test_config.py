@@ -201,7 +201,7 @@ def _one_line_error(*args: Any) -> str:
         (
             "epochs=3",
             "unknown config key 'epochs'; valid keys here: name, run_dir, device, threads, amp_cpu, "
-            "data, cam_train, cam_model, cam_gen, seeds, seg_train, seg_model, predict, report",
+            "tensorboard, data, cam_train, cam_model, cam_gen, seeds, seg_train, seg_model, predict, report",
         ),
         ("seg_train.epochs=ten", "config key 'seg_train.epochs' must be an integer, got 'ten'"),
         ("seg_train.epochs=2.5", "config key 'seg_train.epochs' must be an integer, got 2.5"),

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from weaktr.data.dataset import DatasetInfo
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from weaktr.config import RunConfig, load_config
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.images import load_label_map
+from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.io import load_views, read_json
 from weaktr.runtime.context import run_dataset

@@ -16,7 +16,7 @@ from typing import Any
 
 import jinja2
 
-from weaktr.data.dataset import voc_palette
+from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write
 from weaktr.report import sections

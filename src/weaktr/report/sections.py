@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from weaktr.config import RunConfig
-from weaktr.data.dataset import DatasetInfo
 from weaktr.data.images import load_image
+from weaktr.data.info import DatasetInfo
 from weaktr.data.sampling import present_ids, spread
 from weaktr.report import figures
 from weaktr.report.artefacts import (

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from weaktr.data.dataset import DatasetInfo
 
 from weaktr.data.images import load_image, load_label_map
+from weaktr.data.info import DatasetInfo
 from weaktr.data.sampling import view_ids
 from weaktr.errors import InputError
 from weaktr.io import save_views, write_json
