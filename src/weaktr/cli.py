@@ -10,30 +10,47 @@ traceback in its message, is reduced to that original line.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from weaktr import __version__
+from weaktr.commands import (
+    ablate,
+    convert,
+    demo,
+    evaluate,
+    export,
+    export_model,
+    gen_cam,
+    make_seeds,
+    predict,
+    prepare,
+    report,
+    run,
+    train_cam,
+    train_seg,
+)
 from weaktr.errors import InputError
 
-COMMANDS = (
-    "run",
-    "demo",
-    "prepare",
-    "train_cam",
-    "gen_cam",
-    "make_seeds",
-    "train_seg",
-    "predict",
-    "evaluate",
-    "convert",
-    "export",
-    "export_model",
-    "report",
-    "ablate",
-)
+# module name -> command module, in the order ``weaktr --help`` lists them (the command is the
+# name with '-' for '_': train_cam -> ``weaktr train-cam``)
+COMMANDS = {
+    "run": run,
+    "demo": demo,
+    "prepare": prepare,
+    "train_cam": train_cam,
+    "gen_cam": gen_cam,
+    "make_seeds": make_seeds,
+    "train_seg": train_seg,
+    "predict": predict,
+    "evaluate": evaluate,
+    "convert": convert,
+    "export": export,
+    "export_model": export_model,
+    "report": report,
+    "ablate": ablate,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"weaktr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"weaktr.commands.{name}").register(sub)
+    for module in COMMANDS.values():
+        module.register(sub)
     return parser
 
 
