@@ -1,5 +1,5 @@
-"""Shared fixtures: the golden vectors of the authors' implementation (read from WEAKTR_GOLDEN_DIR), a tiny
-CAM network configuration and small splits of a prepared data set."""
+"""Shared fixtures: the golden vectors of the authors' implementation (read from WEAKTR_GOLDEN_DIR), the
+tiny CAM network and segmenter configurations and small splits of a prepared data set."""
 
 from __future__ import annotations
 
@@ -80,7 +80,12 @@ def coco_mini() -> Path:
     return COCO_MINI
 
 
-# A CAM network small enough for a unit test: 2×2 patches of 16 px, two blocks of width 64.
+# The two tiny networks of the tests (timm's habit: one small shared config each), as keyword
+# arguments of CAMConfig / SegConfig. A test changes only what it is about, {**TINY_CAM, "depth": 1},
+# and a run config gets them through model_override.
+#
+# The CAM network: 2×2 patches of 16 px, two blocks of width 64 with 4 heads (8 attention maps for
+# the AAF, whose interactive FFN gets 8 / 2 = 4 hidden units).
 TINY_CAM = dict(
     num_classes=3,
     img_size=32,
@@ -92,6 +97,27 @@ TINY_CAM = dict(
     aaf_reduction=2.0,
     aaf_feat_reduction=4,
 )
+# The segmenter: the demo's conv stem of 8 px on 32 px crops (4×4 tokens), one block of width 32
+# with 2 heads, 3 foreground classes.
+TINY_SEG = dict(
+    backbone="vit_small_patch16_224",
+    n_cls=4,
+    image_size=32,
+    stem="conv",
+    patch_size=8,
+    embed_dim=32,
+    depth=1,
+    num_heads=2,
+)
+
+
+def model_override(section: str, model: dict) -> str:
+    """A model config as one run-config override, ``cam_model={num_classes: 3, ...}``.
+
+    A ``key={...}`` override states the whole section (see ``weaktr.config.loading``); later dotted
+    overrides (``cam_model.num_classes=2``) change single keys of it.
+    """
+    return f"{section}={{{', '.join(f'{k}: {v}' for k, v in model.items())}}}"
 
 
 def add_splits(info: DatasetInfo, out: Path, **splits: list[str]) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CAM, TINY_SEG
 from PIL import Image
 
 from weaktr.api import CAMResult, Prediction, WeakTr
@@ -25,12 +26,8 @@ N_FG = 3
 
 def _save_models(folder: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
-    seg = build_segmenter(SegConfig(n_cls=N_FG + 1, image_size=32, embed_dim=32, depth=1, num_heads=2))
-    cam = build_cam_model(
-        CAMConfig(
-            num_classes=N_FG, img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, aaf_reduction=1
-        )
-    )
+    seg = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": N_FG + 1}))
+    cam = build_cam_model(CAMConfig(**{**TINY_CAM, "num_classes": N_FG}))
     seg_path, cam_path = folder / "seg" / "model.safetensors", folder / "cam" / "model.safetensors"
     save_segmenter(seg_path, seg)
     save_cam_model(cam_path, cam)
@@ -139,11 +136,7 @@ def test_bad_input_gives_clear_errors(checkpoints, image, tmp_path) -> None:
         seg_only.predict_folder(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(InputError, match="no trained model"):
         WeakTr.from_run(tmp_path / "empty")
-    other = build_cam_model(
-        CAMConfig(
-            num_classes=5, img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, aaf_reduction=1
-        )
-    )
+    other = build_cam_model(CAMConfig(**{**TINY_CAM, "num_classes": 5}))
     save_cam_model(tmp_path / "cam5.safetensors", other)
     with pytest.raises(InputError, match="different data sets"):
         WeakTr.load(seg_path, tmp_path / "cam5.safetensors", device="cpu")

@@ -205,7 +205,8 @@ def test_train_cam_reports_a_file_damaged_after_the_check_as_one_line(tmp_path: 
     argv = ["train-cam", "--config", "demo", "--run-dir", str(tmp_path / "run"), f"data.dataset={info.root}"]
     tiny = [
         "device=cpu",
-        TINY_MODEL.replace("num_classes: 3", "num_classes: 2"),
+        TINY_MODEL,
+        "cam_model.num_classes=2",
         "cam_train.epochs=1",
         "cam_train.batch_size=4",
         "cam_train.img_size=48",

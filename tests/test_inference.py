@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SEG
 from torch import nn
 
 from weaktr.evaluation.inference import (
@@ -98,7 +99,7 @@ def test_images_smaller_than_window_are_padded() -> None:
 
 def test_one_window_equals_full_image_forward_of_segmenter() -> None:
     torch.manual_seed(0)
-    model = build_segmenter(SegConfig(n_cls=3, image_size=32, embed_dim=64, depth=1, num_heads=1)).eval()
+    model = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 3})).eval()
     x = torch.randn(3, 32, 32)
     logits = predict_logits(model, x, InferenceSettings(window=32, stride=20, base_size=None))
     with torch.no_grad():
@@ -174,9 +175,7 @@ def test_window_maps_equal_upsample_average_crop_resize_of_the_segmenter() -> No
     """The folded matrices reproduce the authors' pixel path: upsample each window, average by count,
     crop the padding, resize to the output size (patch 8, window not a multiple of the stride)."""
     torch.manual_seed(0)
-    model = build_segmenter(
-        SegConfig(n_cls=3, image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=1)
-    ).eval()
+    model = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 3})).eval()
     x = torch.randn(2, 3, 45, 70)
     window, stride, out_size = 40, 24, (37, 51)
     with torch.no_grad():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import add_splits
+from conftest import TINY_CAM, add_splits, model_override
 from PIL import Image
 
 from weaktr.config import load_config
@@ -22,10 +22,17 @@ from weaktr.stages.train_cam import train_cam
 
 pytestmark = pytest.mark.slow
 
-TINY_VOC_MODEL = (
-    "cam_model={backbone: deit_small_patch16_224, num_classes: 20, img_size: 64, patch_size: 16, "
-    "embed_dim: 32, depth: 1, num_heads: 2, drop_path: 0.1, aaf_reduction: 2, aaf_feat_reduction: 4}"
-)
+# The shared tiny CAM network with VOC's 20 classes at 64 px, one block of width 32
+VOC_CAM = {
+    **TINY_CAM,
+    "backbone": "deit_small_patch16_224",
+    "num_classes": 20,
+    "img_size": 64,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "drop_path": 0.1,
+}
 
 
 def test_phase1_on_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
@@ -40,7 +47,7 @@ def test_phase1_on_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
             "device=cpu",
             "data.train_split=mini_train",
             "data.cam_eval_split=mini_eval",
-            TINY_VOC_MODEL,
+            model_override("cam_model", VOC_CAM),
             "cam_train.epochs=1",
             "cam_train.batch_size=8",
             "cam_train.img_size=64",

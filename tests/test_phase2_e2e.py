@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CAM, add_splits
+from conftest import TINY_CAM, TINY_SEG, add_splits, model_override
 
 from weaktr.cam.generate import generate_cams
 from weaktr.cam.seeds import make_seeds
@@ -26,10 +26,8 @@ from weaktr.stages.train_seg import train_seg
 
 pytestmark = pytest.mark.slow
 
-TINY_SEG_21 = (
-    "seg_model={backbone: deit_small_patch16_224, n_cls: 21, image_size: 64, stem: conv, patch_size: 8, "
-    "embed_dim: 32, depth: 1, num_heads: 2, drop_path: 0.1}"
-)
+# The shared tiny segmenter with VOC's 21 label ids at 64 px
+VOC_SEG = {**TINY_SEG, "backbone": "deit_small_patch16_224", "n_cls": 21, "image_size": 64, "drop_path": 0.1}
 
 
 def _phase1_seeds(info: DatasetInfo, split: str, out: Path) -> Path:
@@ -60,7 +58,7 @@ def test_phase2_on_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
             "device=cpu",
             "data.train_split=e2e_train",
             "data.val_split=e2e_val",
-            TINY_SEG_21,
+            model_override("seg_model", VOC_SEG),
             "seg_train.epochs=1",
             "seg_train.batch_size=4",
             "seg_train.lr=0.01",

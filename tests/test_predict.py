@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SEG
 from PIL import Image
 from test_train_seg import demo, tiny_ctx  # noqa: F401  (the module-scoped demo fixture)
 
@@ -19,23 +20,12 @@ from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
 
-TINY = dict(
-    backbone="vit_small_patch16_224",
-    n_cls=4,
-    image_size=32,
-    stem="conv",
-    patch_size=8,
-    embed_dim=32,
-    depth=1,
-    num_heads=2,
-)
-
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny segmenter (it predicts one class everywhere: see ``colour_scores``)."""
     torch.manual_seed(1)
-    model = build_segmenter(SegConfig(**TINY))
+    model = build_segmenter(SegConfig(**TINY_SEG))
     path = tmp_path_factory.mktemp("model") / "seg.safetensors"
     save_segmenter(path, model)
     return path
@@ -148,7 +138,7 @@ def test_class_count_mismatch_is_an_input_error(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "seg5.safetensors"
-    save_segmenter(path, build_segmenter(SegConfig(**{**TINY, "n_cls": 5})))
+    save_segmenter(path, build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 5})))
     with pytest.raises(InputError, match="predicts 5 classes") as err:
         pr.predict_split(tiny_ctx(demo, tmp_path / "run"), path, "val", tmp_path / "out", crf=False)
     assert err.value.path == path
@@ -158,7 +148,7 @@ def test_cpu_bf16_runs_only_the_encoder_blocks_in_bf16_and_restores_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     torch.manual_seed(0)
-    model = build_segmenter(SegConfig(**{**TINY, "n_cls": 5})).eval()
+    model = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 5})).eval()
     x = torch.randn(2, 3, 40, 56)
     fp32 = inf.InferenceSettings(window=32, stride=16, window_batch=16)
     (ref,) = inf.sliding_window_logits(model, x, fp32)
@@ -182,7 +172,7 @@ def test_cpu_bf16_copy_is_made_once_per_loop_and_runs_in_eval_mode(monkeypatch: 
     """A caller entering inference_precision around its loop pays for one bf16 copy, and the copy does
     not inherit the training mode (drop path) of a model evaluated mid-training."""
     torch.manual_seed(0)
-    model = build_segmenter(SegConfig(**{**TINY, "n_cls": 5, "depth": 2, "drop_path": 0.9}))
+    model = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 5, "depth": 2, "drop_path": 0.9}))
     x = torch.randn(3, 40, 56)
     model.eval()
     bf16 = inf.InferenceSettings(window=32, stride=16, base_size=None, amp=True)

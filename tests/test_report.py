@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CAM
 from PIL import Image
 
 from weaktr.cli import main
@@ -191,9 +192,7 @@ def test_report_without_config_or_cam_model(tmp_path: Path) -> None:
 
 def test_cam_views_are_normalised_and_query_is_fine_cam_argmax() -> None:
     torch.manual_seed(0)
-    cfg = CAMConfig(
-        num_classes=2, img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, aaf_reduction=1
-    )
+    cfg = CAMConfig(**{**TINY_CAM, "num_classes": 2})
     model = build_cam_model(cfg).eval()
     image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     v = cam_views(model, image, 2, torch.device("cpu"))
@@ -201,7 +200,7 @@ def test_cam_views_are_normalised_and_query_is_fine_cam_argmax() -> None:
         assert m.shape == (40, 56) and m.min() >= 0 and m.max() <= 1 + 1e-6
     y, x = v.query
     assert 0 < y < 40 and 0 < x < 56
-    assert v.aaf.shape == (2,)
+    assert v.aaf.shape == (cfg.depth * cfg.num_heads,)  # one AAF weight per attention map
 
 
 def test_log_panels_group_events_and_skip_repeats_and_constants() -> None:

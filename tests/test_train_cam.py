@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CAM
+from conftest import TINY_CAM, model_override
 
 from weaktr.cam.generate import fuse_cams, label_vector, multiscale_cam, preprocess_scales
 from weaktr.config import RunConfig, load_config
@@ -20,10 +20,18 @@ from weaktr.models.cam import CAMConfig, build_cam_model, load_cam_model
 from weaktr.runtime.context import open_run
 from weaktr.stages.train_cam import train_cam
 
-TINY_MODEL = (
-    "cam_model={backbone: vit_small_patch16_224, num_classes: 3, img_size: 48, patch_size: 8, "
-    "embed_dim: 32, depth: 1, num_heads: 2, drop_path: 0.1, aaf_reduction: 2, aaf_feat_reduction: 4}"
-)
+# The shared tiny CAM network at the demo's 48 px, 8 px patches, with one block of width 32
+TRAIN_CAM = {
+    **TINY_CAM,
+    "backbone": "vit_small_patch16_224",
+    "img_size": 48,
+    "patch_size": 8,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "drop_path": 0.1,
+}
+TINY_MODEL = model_override("cam_model", TRAIN_CAM)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +111,8 @@ def test_resume_after_kill_continues_bit_identically(tiny_data: Path, tmp_path: 
 
 def test_resume_with_other_settings_is_refused_before_loading(tiny_data: Path, tmp_path: Path) -> None:
     train_cam(open_run(tiny_config(tiny_data, tmp_path, "cam_train.epochs=1")))
-    wider = TINY_MODEL.replace("embed_dim: 32", "embed_dim: 64")
     with pytest.raises(InputError, match=r"other settings \(changed: model\)") as err:
-        train_cam(open_run(tiny_config(tiny_data, tmp_path, wider)))
+        train_cam(open_run(tiny_config(tiny_data, tmp_path, "cam_model.embed_dim=64")))
     assert err.value.path == tmp_path / "cam" / "state.safetensors"
     with pytest.raises(InputError, match=r"changed: batch_size, lr\)"):
         train_cam(open_run(tiny_config(tiny_data, tmp_path, "cam_train.batch_size=8", "cam_train.lr=0.1")))
@@ -136,8 +143,7 @@ def test_class_count_and_batch_size_errors(tiny_data: Path, tmp_path: Path) -> N
 
 def _tiny_model(refine: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    sizes = dict(img_size=48, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    cfg = CAMConfig(**{**TINY_CAM, **sizes, "backbone": "vit_small_patch16_224", "refine": refine})
+    cfg = CAMConfig(**{**TRAIN_CAM, "drop_path": 0.0, "refine": refine})
     return build_cam_model(cfg).eval()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SEG, model_override
 
 import weaktr.stages.train_seg as ts
 from weaktr.config import RunConfig, load_config
@@ -22,10 +23,7 @@ from weaktr.io import save_label_png
 from weaktr.models.segmenter import load_segmenter
 from weaktr.runtime.context import RunContext, open_run
 
-TINY_SEG = (
-    "seg_model={backbone: vit_small_patch16_224, n_cls: 4, image_size: 32, stem: conv, patch_size: 8, "
-    "embed_dim: 32, depth: 1, num_heads: 2, drop_path: 0.1}"
-)
+SEG_MODEL = model_override("seg_model", {**TINY_SEG, "drop_path": 0.1})
 
 
 def tiny_overrides(dataset: Path, run_dir: Path) -> list[str]:
@@ -36,7 +34,7 @@ def tiny_overrides(dataset: Path, run_dir: Path) -> list[str]:
         f"data.dataset={dataset}",
         "data.train_split=train",
         "data.val_split=val",
-        TINY_SEG,
+        SEG_MODEL,
         "seg_train.epochs=2",
         "seg_train.batch_size=4",
         "seg_train.lr=0.01",
@@ -202,7 +200,7 @@ def test_input_errors_name_the_problem(demo: DatasetInfo, tmp_path: Path) -> Non
         ts.train_seg(ctx, seeds)
     assert err.value.path == seeds / f"{bad_id}.png"
 
-    wrong = tiny_ctx(demo, tmp_path / "run2", TINY_SEG.replace("n_cls: 4", "n_cls: 21"))
+    wrong = tiny_ctx(demo, tmp_path / "run2", "seg_model.n_cls=21")
     with pytest.raises(InputError, match="n_cls is 21"):
         ts.train_seg(wrong, demo.path(demo.masks))
 
