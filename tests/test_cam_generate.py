@@ -211,3 +211,27 @@ def test_generate_several_kinds_from_one_forward(tmp_path: Path) -> None:
         generate_cams(
             FakeCAM(), items, tmp_path / "x", [1.0], MEAN, STD, CPU, kind="fused", also={"fused": tmp_path}
         )
+
+
+def test_the_benchmarks_reenactment_of_the_authors_loop_gives_our_cams() -> None:
+    """bench_cam compares our generator with the authors' loop re-enacted on the same model: the two
+    must compute the same maps, or the speed ratio compares different work."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from cam_authors import cam_gflop, their_cams
+    from conftest import TINY_CAM
+
+    from weaktr.cam.generate import batch_cams, prepare_image
+    from weaktr.models.cam import CAMConfig, build_cam_model
+
+    torch.manual_seed(0)
+    model = build_cam_model(CAMConfig(**TINY_CAM)).eval()
+    image = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
+    prepared = prepare_image("a", image, [1, 3], [1.0, 1.2], (0.5,) * 3, (0.25,) * 3)
+    ours, classes = batch_cams(model, [prepared], torch.device("cpu"))[0]
+    theirs = their_cams(model, prepared.inputs, [1, 3], amp=False)
+    assert classes.tolist() == [1, 3]
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert cam_gflop(model, prepared.inputs) > 0

@@ -357,3 +357,32 @@ def test_convert_official_randweight_with_query_npy(tmp_path) -> None:
         convert_official_cam_state(official, tmp_path / "missing.npy")
     with pytest.raises(InputError, match=r"aaf\.query"):
         convert_official_cam_state(official, torch.zeros(5))
+
+
+@pytest.mark.parametrize("fusion", ["aaf", "mean", "randweight"])
+def test_inference_fusion_by_layer_matches_the_training_path(fusion: str) -> None:
+    """Without autograd Â is summed layer by layer (no stacked copy); it must equal the stacked bmm."""
+    model = tiny(fusion=fusion)
+    x = torch.randn(2, 3, 48, 64)
+    with torch.enable_grad():
+        stacked = model(x)
+    with torch.inference_mode():
+        by_layer = model(x)
+    for name in ("fine_cam", "fused_cam", "patch_attn", "aaf_weights"):
+        torch.testing.assert_close(getattr(by_layer, name), getattr(stacked, name).detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_reused_attention_buffer_gives_the_same_maps_and_follows_the_input_size(amp: bool) -> None:
+    model = tiny()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+        for shape in ((1, 3, 48, 64), (2, 3, 80, 32), (1, 3, 32, 32)):
+            x = torch.randn(*shape)
+            plain = model.backbone(x)
+            reused = model.backbone(x, reuse_buffers=True)
+            for a, b in zip(plain.attn, reused.attn, strict=True):
+                assert torch.equal(a, b) and b.dtype == (torch.bfloat16 if amp else torch.float32)
+            torch.testing.assert_close(reused.tokens, plain.tokens, rtol=0, atol=0)
+    # the buffer is kept between calls, grown to the largest maps seen, and never saved as state
+    assert model.backbone._buffer is not None and model.backbone._buffer.numel() >= 2 * 2 * 4 * (3 + 10) ** 2
+    assert not any("_buffer" in k for k in model.state_dict())

@@ -172,10 +172,10 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, amp: bool) -> Any:
     Other models run wholly under autocast.
     """
     net = _unwrap(model)
-    if amp and isinstance(net, CAMNet):
-        with torch.autocast(batch.device.type, dtype=torch.bfloat16):
-            feats = net.backbone(batch)
-        return net.predict(_float32_features(feats))
+    if isinstance(net, CAMNet):  # the maps are consumed before the next batch: reuse their buffer
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
+            feats = net.backbone(batch, reuse_buffers=True)
+        return net.predict(_float32_features(feats) if amp else feats)
     with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
         return model(batch)
 

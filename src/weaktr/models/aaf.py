@@ -115,18 +115,40 @@ class AAF(nn.Module):
     ) -> AAFOutput:
         """Fuse the per-block attention maps; the rows of Â are not renormalised (spec §1.3).
 
-        Â = (1/M) Σ_i w_i A_i is one batched matrix product rather than a broadcast product and a
-        mean over a second (B, M, T, T) tensor (a third of CAM generation time when it was).
+        Â = (1/M) Σ_i w_i A_i is a matrix product of the weights with the maps rather than a
+        broadcast product and a mean over a second (B, M, T, T) tensor.
         """
-        maps = self.stack_maps(attn)
-        B, M, T, _ = maps.shape
+        B, H, T, _ = attn[0].shape
+        M = H * len(attn)
         if self.fusion == "mean":
-            return AAFOutput(maps.mean(dim=1, dtype=torch.float32), maps.new_ones(B, M, dtype=torch.float32))
-        if self.fusion == "randweight":
-            scores = self.query.expand(B, M)
+            weights = attn[0].new_ones(B, M, dtype=torch.float32)
+        elif self.fusion == "randweight":
+            weights = self.attn_head_ffn(self.query.expand(B, M))
         else:
-            scores = self.head_scores(self.pooled_features(attn_out, head_out))
-        weights = self.attn_head_ffn(scores)
-        # one (B, 1, M) x (B, M, T·T) product; bf16 maps (CAM generation under AMP) sum in float32
+            weights = self.attn_head_ffn(self.head_scores(self.pooled_features(attn_out, head_out)))
+        if not torch.is_grad_enabled():
+            return AAFOutput(self._fuse_by_layer(attn, weights), weights)
+        maps = self.stack_maps(attn)
+        if self.fusion == "mean":
+            return AAFOutput(maps.mean(dim=1, dtype=torch.float32), weights)
+        # one (B, 1, M) x (B, M, T·T) product; the training path keeps this summation order
         fused = torch.bmm(weights[:, None] / M, maps.reshape(B, M, T * T).to(weights.dtype))
         return AAFOutput(fused.reshape(B, T, T), weights)
+
+    def _fuse_by_layer(self, attn: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """Â without stacking the K·H maps: one (B, 1, H) x (B, H, T·T) product per layer.
+
+        Inference only (its summation order differs from the training path's in the last bits). The
+        stacked copy and, under AMP, its float32 conversion were two thirds of CAM generation time;
+        here each layer's bf16 maps pass through one reused float32 buffer.
+        """
+        B, H, T, _ = attn[0].shape
+        per_layer = (weights / (H * len(attn))).reshape(B, H, len(attn))  # map index = head·K + layer
+        fused = weights.new_zeros(B, 1, T * T)
+        buffer = None if attn[0].dtype == weights.dtype else weights.new_empty(B, H, T * T)
+        for k, a in enumerate(attn):
+            maps = a.reshape(B, H, T * T)
+            if buffer is not None:
+                maps = buffer.copy_(maps)
+            fused.baddbmm_(per_layer[:, None, :, k], maps)
+        return fused.reshape(B, T, T)

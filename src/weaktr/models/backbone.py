@@ -68,16 +68,22 @@ def resize_pos_embed(
 
 
 def block_forward(
-    block: Block, x: torch.Tensor
+    block: Block, x: torch.Tensor, scores_out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pre-norm timm block; returns (new tokens, attention, post-projection output, per-head A·V)."""
+    """One pre-norm timm block; returns (new tokens, attention, post-projection output, per-head A·V).
+
+    ``scores_out`` (B, heads, T, T), inference only, receives the attention in place of a new tensor.
+    """
     attn_mod: Attention = block.attn
     y = block.norm1(x)
     B, T, _ = y.shape
     heads, hd = attn_mod.num_heads, attn_mod.head_dim
     q, k, v = attn_mod.qkv(y).reshape(B, T, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn_mod.q_norm(q), attn_mod.k_norm(k)
-    attn = ((q @ k.transpose(-2, -1)) * attn_mod.scale).softmax(dim=-1)
+    # scaling q (T·d values) rather than the scores (T² values) is exact for a power-of-two scale
+    # (d = 64: 1/8), so the result is bit-identical; without autograd the softmax runs in place
+    scores = torch.matmul(q * attn_mod.scale, k.transpose(-2, -1), out=scores_out)
+    attn = scores.softmax(dim=-1) if torch.is_grad_enabled() else torch.softmax(scores, -1, out=scores)
     head_out = attn_mod.attn_drop(attn) @ v
     out = attn_mod.proj_drop(attn_mod.proj(attn_mod.norm(head_out.transpose(1, 2).reshape(B, T, heads * hd))))
     x = x + block.drop_path1(block.ls1(out))
@@ -125,6 +131,7 @@ class ViTBackbone(nn.Module):
         vit.cls_token = nn.Parameter(cls)
         vit.pos_embed = nn.Parameter(pos)
         vit.num_prefix_tokens = num_classes
+        self._buffer: torch.Tensor | None = None  # see forward(reuse_buffers=True); not state
 
     @property
     def embed_dim(self) -> int:
@@ -142,8 +149,13 @@ class ViTBackbone(nn.Module):
     def head_dim(self) -> int:
         return self.vit.blocks[0].attn.head_dim
 
-    def forward(self, x: torch.Tensor) -> BackboneOutput:
-        """(B, 3, H, W) -> tokens after the last block (no final norm) and the per-block captures."""
+    def forward(self, x: torch.Tensor, reuse_buffers: bool = False) -> BackboneOutput:
+        """(B, 3, H, W) -> tokens after the last block (no final norm) and the per-block captures.
+
+        ``reuse_buffers`` (inference only): the attention maps are written into one buffer kept
+        between calls, so they stay valid only until the next such call. Fresh (K, B, heads, T, T)
+        maps cost page faults about as long as their matmuls (CAM generation: a fifth of its time).
+        """
         H, W = x.shape[-2:]
         embed = self.vit.patch_embed
         if isinstance(embed, PatchEmbed):  # a strided patch conv floors the grid: crop like it does
@@ -155,12 +167,26 @@ class ViTBackbone(nn.Module):
         tokens = tokens + resize_pos_embed(self.vit.pos_embed, self.num_tokens, (h, w), (H, W))
         tokens = self.vit.norm_pre(self.vit.pos_drop(tokens))
         attn, attn_out, head_out = [], [], []
-        for block in self.vit.blocks:
-            tokens, a, o, ho = block_forward(block, tokens)
+        maps = self._attention_buffer(tokens) if reuse_buffers and not torch.is_grad_enabled() else None
+        for i, block in enumerate(self.vit.blocks):
+            tokens, a, o, ho = block_forward(block, tokens, None if maps is None else maps[i])
             attn.append(a)
             attn_out.append(o)
             head_out.append(ho)
         return BackboneOutput(tokens, attn, attn_out, head_out, (h, w))
+
+    def _attention_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A (K, B, heads, T, T) view of the kept buffer, grown when these maps do not fit it."""
+        B, T, _ = tokens.shape
+        dtype = tokens.dtype
+        if torch.is_autocast_enabled(tokens.device.type):
+            dtype = torch.get_autocast_dtype(tokens.device.type)
+        shape = (self.depth, B, self.num_heads, T, T)
+        need = math.prod(shape)
+        buf = self._buffer
+        if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != tokens.device:
+            buf = self._buffer = torch.empty(need, dtype=dtype, device=tokens.device)
+        return buf[:need].view(shape)
 
 
 def _check_supported(vit: nn.Module, name: str) -> None:
