@@ -369,7 +369,8 @@ def test_inference_fusion_by_layer_matches_the_training_path(fusion: str) -> Non
     with torch.inference_mode():
         by_layer = model(x)
     for name in ("fine_cam", "fused_cam", "patch_attn", "aaf_weights"):
-        torch.testing.assert_close(getattr(by_layer, name), getattr(stacked, name).detach(), rtol=1e-5, atol=1e-6)
+        expected = getattr(stacked, name).detach()
+        torch.testing.assert_close(getattr(by_layer, name), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("amp", [False, True])
