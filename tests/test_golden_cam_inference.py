@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import assert_close, assert_labels_agree, golden_crf_params, load_golden
 
-from weaktr.cam.generate import fuse_cams, preprocess_scales, resize_bicubic, to_normalised_tensor
+from weaktr.cam.generate import fuse_cams, preprocess_scales, resize_bicubic
 from weaktr.cam.seeds import seed_from_cams
 from weaktr.crf import CRFParams
 
@@ -56,7 +56,10 @@ def test_preprocess_matches_pil_resize(golden) -> None:
     np.testing.assert_array_equal(resize_bicubic(image, s), expected_hwc)
     inputs = preprocess_scales(image, scales, mean, std)
     assert [tuple(x.shape[-2:]) for x in inputs] == [tuple(hw) for hw in js["scaled_sizes_hw"][::2]]
-    assert torch.equal(inputs[scales.index(s)], to_normalised_tensor(expected_hwc, mean, std))
+    # torchvision's ToTensor then Normalize, written out: the operation order the golden vectors used
+    chw = torch.tensor(expected_hwc).permute(2, 0, 1).float().div(255)
+    reference = (chw - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    assert torch.equal(inputs[scales.index(s)], reference)
 
 
 def test_seed_and_crf_seed_match(golden) -> None:

@@ -24,6 +24,7 @@ from weaktr.errors import InputError
 from weaktr.io import save_cams
 from weaktr.models.backbone import BackboneOutput
 from weaktr.models.cam import CAMNet
+from weaktr.models.timm_factory import normalise
 
 MINMAX_EPS = 1e-8
 # 'default' = the model's own choice (refined fine CAM, or CA ⊙ ReLU(coarse) when refine is off);
@@ -45,14 +46,6 @@ def resize_bicubic(image: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
 
 
-def to_normalised_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """ToTensor then Normalize, in float32, with the same operation order as torchvision."""
-    x = torch.tensor(image).permute(2, 0, 1).float().div(255)
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    return (x - m) / s
-
-
 def preprocess_scales(
     image_uint8: np.ndarray, scales: Sequence[float], mean: Sequence[float], std: Sequence[float]
 ) -> list[torch.Tensor]:
@@ -61,7 +54,7 @@ def preprocess_scales(
         raise ValueError(f"expected an H×W×3 uint8 image, got {image_uint8.dtype} {image_uint8.shape}")
     if not scales:
         raise ValueError("at least one scale is needed")
-    return [to_normalised_tensor(resize_bicubic(image_uint8, s), mean, std) for s in scales]
+    return [normalise(resize_bicubic(image_uint8, s), mean, std) for s in scales]
 
 
 def fuse_cams(
