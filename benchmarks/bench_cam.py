@@ -10,7 +10,7 @@ Measures, with the project's own code paths:
 
 Each timing is the median of ``--reps`` runs after one warm-up; wall and CPU seconds are both
 reported, with the load average before and after, because a shared machine slows wall time only.
-Usage: ``python benchmarks/bench_cam.py [--reps 5] [--threads N] [--out benchmarks/results]``.
+Usage: ``python benchmarks/bench_cam.py [--reps 5] [--threads N] [--out DIR] [--authors FILE]``.
 """
 
 from __future__ import annotations
@@ -203,7 +203,19 @@ def main() -> None:
         help="torch threads (0 = torch's default); 1 gives CPU seconds "
         "that a busy shared machine barely inflates",
     )
+    parser.add_argument(
+        "--authors",
+        type=Path,
+        help="JSON of the authors' figures measured on this machine ({'train_step': s, 'cam_gen': s, "
+        "'label_crf': s}, any subset) to compare with instead of the built-in ones",
+    )
     args = parser.parse_args()
+    if args.authors is not None:
+        given = json.loads(args.authors.read_text())
+        unknown = sorted(set(given) - set(AUTHORS))
+        if unknown:
+            raise SystemExit(f"{args.authors}: unknown key(s) {unknown}; known: {sorted(AUTHORS)}")
+        AUTHORS.update({k: float(v) for k, v in given.items()})
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
