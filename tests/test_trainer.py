@@ -135,3 +135,13 @@ def test_a_state_made_with_other_settings_is_refused_in_both_phases(
         "run_dir or delete the state to start over"
     ) in err
     assert state.read_bytes() == before
+
+
+def test_a_phase_that_leaves_out_a_hook_is_refused_when_built() -> None:
+    from weaktr.engine.trainer import EpochTrainer
+
+    class NoHooks(EpochTrainer):
+        name, section = "train-x", "cam_train"
+
+    with pytest.raises(TypeError, match="abstract"):
+        NoHooks(None, None, {})  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, Protocol
@@ -66,7 +67,7 @@ class PhaseFiles:
     selection: Path
 
 
-class EpochTrainer:
+class EpochTrainer(ABC):
     """A phase's run around its step: resume, the epoch loop, saving, logging and divergence.
 
     A subclass sets ``model``, ``optimizer`` and ``dataset`` and implements :meth:`train_epoch`,
@@ -93,21 +94,21 @@ class EpochTrainer:
         self.board = Board(ctx.layout.tensorboard, enabled=False)
 
     # -- what a phase supplies --------------------------------------------------------------------
+    @abstractmethod
     def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
         """One pass over ``loader``; returns the fields of the epoch's log record (mean losses, ...)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def select(self, epoch: int, record: dict[str, Any]) -> bool:
         """Evaluate if due (adding scores to ``record``), update ``selection``; True keeps this epoch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save_model(self, path: Path) -> None:
         """Write the kept model (main rank only)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def summary(self, record: dict[str, Any]) -> str:
         """The epoch's numbers for the human log line."""
-        raise NotImplementedError
 
     def done_fields(self) -> dict[str, Any]:
         """Extra fields of the final ``done`` record."""
