@@ -10,6 +10,7 @@ benchmark can set both loops side by side on one machine.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -24,7 +25,8 @@ def _their_forward(model: CAMNet, x: torch.Tensor) -> torch.Tensor:
     """Fine CAM (1, C, h, w) of one input, step by step as the authors' model computes it."""
     vit, C = model.backbone.vit, model.config.num_classes
     H, W = x.shape[-2:]
-    patches = vit.patch_embed(x[..., : H // 16 * 16, : W // 16 * 16])
+    ph, pw = vit.patch_embed.patch_size
+    patches = vit.patch_embed(x[..., : H // ph * ph, : W // pw * pw])
     _, h, w, D = patches.shape
     tokens = torch.cat((vit.cls_token, patches.reshape(1, h * w, D)), dim=1)
     tokens = tokens + resize_pos_embed(vit.pos_embed, C, (h, w), (H, W))
@@ -68,7 +70,8 @@ def cam_gflop(model: CAMNet, inputs: Sequence[torch.Tensor], flip: bool = True) 
     D, K = b.embed_dim, b.depth
     total = 0.0
     for x in inputs:
-        T = C + (x.shape[-2] // 16) * (x.shape[-1] // 16)
+        ph, pw = b.vit.patch_embed.patch_size
+        T = C + (x.shape[-2] // ph) * (x.shape[-1] // pw)
         linear = 2 * T * (3 * D * D + D * D + 2 * D * 4 * D)  # qkv, proj, MLP
         attention = 2 * 2 * T * T * D  # q·kᵀ and A·v over all heads
         total += (K * (linear + attention) + 2 * K * b.num_heads * T * T) * (2 if flip else 1)
@@ -77,8 +80,6 @@ def cam_gflop(model: CAMNet, inputs: Sequence[torch.Tensor], flip: bool = True) 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     """GFLOP/s of an n×n matmul on this machine, the best of ``reps`` (the ceiling to compare with)."""
-    import time
-
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
     best = float("inf")
