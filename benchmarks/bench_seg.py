@@ -7,8 +7,8 @@ idle 2-core machine of the kind this runs on):
 - sliding-window inference of one 500×375 image: one scale; 6 scales × flip with the two-layer
   ensemble, in float32 and with bf16 on the CPU (counted only when ≥ 99.5 % of its pixels agree with
   float32);
-- the CPU backends (``backends``, see seg_backends.py): PyTorch fp32 and bf16, onnxruntime
-  fp32 / int8 / fp16, 1 and 6 scales, in interleaved rounds with their load times;
+- the CPU backends (``backends``, see seg_backends.py): plain PyTorch, the fused private-op path,
+  bf16, onnxruntime fp32 / int8 / fp16, 1 and 6 scales, in interleaved rounds with their load times;
 - softmax CRF of one image (21 labels, one core), and of 8 images with 1 and 2 worker processes;
 - same-machine baselines ("authors' way"): the training step with the authors' unfused attention, and
   their inference loop re-enacted on our model (flips and windows run separately in batches of 4,
@@ -264,7 +264,7 @@ def table(results: dict[str, Any]) -> str:
             same = f"{timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
         note = ""
         for base in ("plain", "fused"):  # backends: per-round torch_<base> / this, median (range)
-            if f"{base}_ratios" in r:  # (fused: results from before cpu_blocks.py was deleted)
+            if f"{base}_ratios" in r:  # (plain: results of 2026-12-03, while cpu_blocks.py was deleted)
                 pairs = r[f"{base}_ratios"]
                 same = f"{base} / this {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
         if "agreement" in r:

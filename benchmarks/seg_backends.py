@@ -2,17 +2,18 @@
 
 Variants (each its own copy of one random-init model, so their CPU contexts do not share blocks):
 
-- ``torch_plain``: PyTorch (timm's own block forward; until 2026-12-03 a fused private-op path,
-  ``torch_fused``, ran beside it: see docs/benchmarks-inference.md);
-- ``torch_bf16``: ``amp=True`` (bf16 copies of the encoder blocks);
+- ``torch_plain``: PyTorch with ``fused_cpu=False`` (timm's own block forward);
+- ``torch_fused``: PyTorch with the self-checked private oneDNN block forward (models/cpu_blocks);
+- ``torch_bf16``: ``amp=True`` (bf16 encoder; fused only where the bf16 self-check passes);
+- ``torch_compile``: the plain model's ``forward_masks`` under ``torch.compile`` with frozen weights;
 - ``ort_fp32``: the ``weaktr export-model`` file in onnxruntime;
 - ``ort_int8``: that file with dynamically quantised int8 MatMul weights (onnxruntime.quantization);
 - ``ort_fp16``: that file converted to fp16 (fp32 inputs/outputs; onnxruntime's x86 CPU EP has no
   bf16 kernels, so fp16 is its low-precision float).
 
-Each variant's load (checkpoint or session, plus the bf16 copy) and its one-off preparation
-(export, quantisation) are timed once; the predictions go in interleaved rounds (``measure_rounds``),
-so per-round ratios against ``torch_plain`` share the load of the machine.
+Each variant's load (checkpoint or session, plus the fused weight packing or the bf16 copy) and its
+one-off preparation (export, quantisation) are timed once; the predictions go in interleaved rounds
+(``measure_rounds``), so per-round ratios against ``torch_fused`` share the load of the machine.
 Pixel agreement is against ``torch_plain`` fp32; a variant below 99.5 % at one scale is not run at six.
 """
 
@@ -32,18 +33,20 @@ from common import cpu_seconds, measure_rounds, paired_ratios
 
 from weaktr.evaluation.inference import InferenceSettings, SegNet, inference_precision, predict_probs
 from weaktr.evaluation.onnx_backend import OrtSegmenter, export_segmenter
+from weaktr.models.cpu_blocks import fused_problem
 from weaktr.models.segmenter import SegConfig, build_segmenter, load_segmenter, save_segmenter
 
 AGREEMENT_MIN = 0.995
-REFERENCE = "torch_plain"
+REFERENCE, BASELINE = "torch_plain", "torch_fused"
 
 
 @dataclass
 class Variant:
     net: SegNet
-    fields: dict[str, Any]  # InferenceSettings fields of this variant (amp)
+    fields: dict[str, Any]  # InferenceSettings fields of this variant (fused_cpu, amp)
     load: dict[str, float]  # wall/CPU seconds to get it ready to predict
     note: str = ""
+    warm_up_each: bool = False  # warm up before each test (torch.compile: one compile per shape)
 
 
 def _seconds(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
@@ -65,18 +68,22 @@ def build_variants(work: Path, stack: ExitStack) -> dict[str, Variant]:
     cpu = torch.device("cpu")
     out: dict[str, Variant] = {}
     for name, fields in (
-        ("torch_plain", {}),
-        ("torch_bf16", {"amp": True}),
+        ("torch_plain", {"fused_cpu": False}),
+        ("torch_fused", {"fused_cpu": True}),
+        ("torch_bf16", {"fused_cpu": True, "amp": True}),
     ):
         settings = InferenceSettings(**fields)
 
         def ready(s: InferenceSettings = settings) -> torch.nn.Module:
             model = load_segmenter(ckpt, cpu)
-            stack.enter_context(inference_precision(model, s, cpu))  # the bf16 copy: once
+            stack.enter_context(inference_precision(model, s, cpu))  # packing / bf16 copy: once
             return model
 
         model, load = _seconds(ready)
-        out[name] = Variant(model, fields, load)
+        problem = fused_problem(torch.bfloat16 if fields.get("amp") else torch.float32)
+        note = "" if not fields["fused_cpu"] else ("fused" if problem is None else f"plain ({problem})")
+        out[name] = Variant(model, fields, load, note)
+    out["torch_compile"] = _compiled(ckpt)
     onnx_fp32 = work / "seg.onnx"
     _, export = _seconds(lambda: export_segmenter(ckpt, onnx_fp32))
     prepared = {"ort_fp32": (onnx_fp32, export)}
@@ -98,6 +105,21 @@ def build_variants(work: Path, stack: ExitStack) -> dict[str, Variant]:
     return out
 
 
+def _compiled(ckpt: Path) -> Variant:
+    """The plain model with ``forward_masks`` under ``torch.compile`` (inductor, weights frozen).
+
+    Freezing lets inductor pack the weights for oneDNN and fuse bias, GELU and residual adds into
+    the GEMMs: the public counterpart of the private-op path. Compiling happens on the first call of
+    each input shape, so the warm-up calls of :func:`bench_backends` take it and the note gives it.
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True  # read when a graph is compiled; only this variant compiles
+    model, load = _seconds(lambda: load_segmenter(ckpt, torch.device("cpu")))
+    model.forward_masks = torch.compile(model.forward_masks)  # type: ignore[method-assign]
+    return Variant(model, {"fused_cpu": False}, load, "", warm_up_each=True)
+
+
 def bench_backends(
     image: np.ndarray, rounds_1: int, rounds_6: int, window_batch: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -107,7 +129,6 @@ def bench_backends(
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         variants = build_variants(Path(tmp), stack)
-        loads = {k: {**v.load, "note": v.note} for k, v in variants.items()}
         names = list(variants)
         for label, base, rounds in (("1scale", one, rounds_1), ("6scale_flip_ens", six, rounds_6)):
             preds: dict[str, torch.Tensor] = {}
@@ -117,14 +138,18 @@ def bench_backends(
                 settings = replace(base, **v.fields)
                 return lambda: preds.__setitem__(name, predict_probs(v.net, image, settings).argmax(0))
 
-            if label == "1scale":
-                for name in names:  # warm-up (allocator, oneDNN primitives, onnxruntime arenas)
-                    run(name)()
+            for name in names:  # warm-up (allocator, oneDNN primitives, onnxruntime arenas, compiling)
+                v = variants[name]
+                if label == "1scale" or v.warm_up_each:
+                    _, warm = _seconds(run(name))
+                    if v.warm_up_each:
+                        v.note += f"{label} first call {warm['wall_s']:.1f} s wall (compiling); "
             timings = measure_rounds({n: run(n) for n in names}, rounds)
             for name, t in timings.items():
                 t["agreement"] = (preds[name] == preds[REFERENCE]).float().mean().item()
                 t["counts"] = t["agreement"] >= AGREEMENT_MIN
-                t["plain_ratios"] = paired_ratios(timings[REFERENCE], t)  # > 1: faster than torch_plain
+                t["fused_ratios"] = paired_ratios(timings[BASELINE], t)  # > 1: faster than torch_fused
                 result[f"{label}_{name}"] = t
             names = [n for n in names if timings[n]["counts"]]  # six scales only for what counts
+        loads = {k: {**v.load, "note": v.note.rstrip("; ")} for k, v in variants.items()}
     return result, loads

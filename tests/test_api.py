@@ -17,6 +17,7 @@ from weaktr.data.demo import generate_demo
 from weaktr.data.images import load_label_map
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, predict_probs
+from weaktr.models import cpu_blocks
 from weaktr.models.cam import CAMConfig, build_cam_model, save_cam_model
 from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
 from weaktr.models.timm_factory import normalisation
@@ -92,6 +93,28 @@ def test_predict_folder_writes_palette_pngs(checkpoints, image, tmp_path) -> Non
     with Image.open(written[0]) as png:
         assert png.mode == "P"
     np.testing.assert_array_equal(load_label_map(written[0]), model.predict(folder / "a.png").mask)
+
+
+def test_predict_folder_packs_the_fused_blocks_once(checkpoints, image, tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(image).save(folder / f"{name}.png")
+    packed: list[object] = []
+
+    class Counting(cpu_blocks.FusedBlock):
+        def __init__(self, block: torch.nn.Module) -> None:
+            packed.append(block)
+            super().__init__(block)
+
+    if cpu_blocks.fused_problem(torch.float32) is not None:
+        pytest.skip(f"no fused fp32 forward here: {cpu_blocks.fused_problem(torch.float32)}")
+    monkeypatch.setattr(cpu_blocks, "FusedBlock", Counting)
+    model = WeakTr.load(checkpoints[0], device="cpu")
+    model.predict_folder(folder, tmp_path / "masks", scales=(0.75, 1.0))
+    blocks = [*model.segmenter.encoder.blocks, *model.segmenter.decoder.blocks]
+    assert packed == blocks  # once for the folder, not per image or scale
+    assert not any("forward" in vars(b) for b in blocks)
 
 
 def test_from_run_takes_class_names_and_predict_settings(tmp_path, image) -> None:

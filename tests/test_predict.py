@@ -156,7 +156,7 @@ def test_cpu_bf16_runs_only_the_encoder_blocks_in_bf16_and_restores_them(
     original = inf._run_bf16
 
     def spy(module: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        calls.append(next(module.parameters()).dtype)
+        calls.append(next(getattr(module, "block", module).parameters()).dtype)
         return original(module, *args)
 
     monkeypatch.setattr(inf, "_run_bf16", spy)

@@ -225,7 +225,7 @@ class WeakTr:
         if not paths:
             raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in the folder", folder)
         written = []
-        # entered once: with amp on the CPU the bf16 copy of the encoder is made here, not per image
+        # entered once: on the CPU the fused blocks pack their weights here, not once per image
         with inference_precision(self.segmenter, self.settings, self.device):
             for path in progress(paths, desc="predict"):
                 out = out_dir / f"{path.stem}.png"

@@ -164,6 +164,7 @@ class PredictConfig:
     crf_params: CRFOverrides = field(default_factory=CRFOverrides)
     workers: int = 0  # CRF processes; 0 = all cores
     amp: bool = False
+    fused_cpu: bool = True  # self-checked fused oneDNN ViT blocks on the CPU (env WEAKTR_FUSED_CPU=0: off)
     splits: list[str] = field(default_factory=lambda: ["val", "train"])
 
 

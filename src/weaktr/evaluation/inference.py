@@ -4,8 +4,8 @@ The authors' order matters for parity: window outputs are averaged on the *logit
 to the image size and flipped back, and only then soft-maxed; the probabilities of all scale/flip
 variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from decoder block 1 (golden O7).
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
-batched through the model in chunks. ``amp`` means bf16 autocast on CUDA and, on the CPU, bf16 in the
-encoder's transformer blocks only (:func:`_cpu_bf16_encoder`).
+batched through the model in chunks. On the CPU the ViT blocks run fused oneDNN kernels; ``amp`` means
+bf16 autocast on CUDA and, on the CPU, bf16 in the encoder's transformer blocks only (:func:`_cpu_blocks`).
 Every setting travels in one :class:`InferenceSettings`, made from the config by
 :meth:`InferenceSettings.from_config`. The network is anything with the :class:`SegNet` attributes:
 a PyTorch :class:`~weaktr.models.segmenter.Segmenter`, or an onnxruntime session standing in for one
@@ -15,7 +15,7 @@ a PyTorch :class:`~weaktr.models.segmenter.Segmenter`, or an onnxruntime session
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +28,7 @@ from torch import nn
 
 from weaktr.config import PredictConfig
 from weaktr.errors import InputError
+from weaktr.models.cpu_blocks import fuse
 from weaktr.models.timm_factory import normalise
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -40,7 +41,8 @@ class InferenceSettings:
     ``scales`` are ratios of ``base_size``, the short side at ratio 1 (None keeps the image's own
     size); ``window``/``stride`` the sliding window; ``window_batch`` windows go through the model
     at once; ``ensemble_weight`` weighs the decoder-layer-1 output (0 or None: P2 alone); ``amp``
-    runs bf16 (see :func:`inference_precision`).
+    runs bf16 and ``fused_cpu`` lets the CPU use the self-checked fused ViT blocks (see
+    :func:`inference_precision`).
     """
 
     scales: tuple[float, ...] = MS_RATIOS
@@ -51,6 +53,7 @@ class InferenceSettings:
     window_batch: int = 8
     ensemble_weight: float | None = 0.8
     amp: bool = False
+    fused_cpu: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
@@ -81,6 +84,7 @@ class InferenceSettings:
             window_batch=p.window_batch,
             ensemble_weight=p.ensemble_weight,
             amp=amp,
+            fused_cpu=p.fused_cpu,
         )
 
 
@@ -158,30 +162,41 @@ def _eval_mode(model: nn.Module | SegNet) -> Iterator[None]:
 
 
 @contextmanager
-def _cpu_bf16_encoder(model: nn.Module) -> Iterator[None]:
-    """Route each encoder block's forward to a bf16 copy of it (weights cast once per context).
+def _cpu_blocks(model: nn.Module, bf16: bool, fused: bool) -> Iterator[None]:
+    """CPU inference kernels: fused oneDNN ViT blocks (:mod:`weaktr.models.cpu_blocks`), bf16 encoder.
 
-    The copies take and return fp32, so the patch embedding, the final norm and the decoder stay
+    With ``bf16`` each encoder block's forward is routed to a bf16 copy of it (weights cast once per
+    context), taking and returning fp32 so the patch embedding, the final norm and the decoder stay
     fp32. Whole blocks beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
     LayerNorm); the decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm,
     where bf16 rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the
-    6-scale agreement with fp32 from 99.6 % to 99.5 %). Re-entering while active changes nothing.
+    6-scale agreement with fp32 from 99.6 % to 99.5 %). With ``fused``, plain blocks of a dtype whose
+    fused forward passed its self-check run it (:func:`~weaktr.models.cpu_blocks.fuse`); the others
+    their own. Re-entering while active changes nothing.
     """
-    blocks = list(getattr(getattr(model, "encoder", model), "blocks", []))
-    if any("forward" in vars(b) for b in blocks):
+    enc = list(getattr(getattr(model, "encoder", model), "blocks", []))
+    dec = list(getattr(getattr(model, "decoder", None), "blocks", []))
+    if any("forward" in vars(b) for b in enc + dec):
         yield
         return
-    for block in blocks:
-        # eval mode: the copy is inference-only, even when entered around a model still in training
-        block.forward = partial(_run_bf16, copy.deepcopy(block).to(torch.bfloat16).eval())
+    for block in enc:
+        if bf16:
+            # eval mode: the copy is inference-only, even when entered around a model still in training
+            low = copy.deepcopy(block).to(torch.bfloat16).eval()
+            block.forward = partial(_run_bf16, fuse(low, fused) or low)
+        elif (fast := fuse(block, fused)) is not None:
+            block.forward = fast
+    for block in dec:
+        if (fast := fuse(block, fused)) is not None:
+            block.forward = fast
     try:
         yield
     finally:
-        for block in blocks:
+        for block in enc + dec:
             vars(block).pop("forward", None)
 
 
-def _run_bf16(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+def _run_bf16(module: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
     """Call ``module`` (already bf16) with its floating tensor arguments cast to bf16; fp32 out."""
 
     def cast(v: Any) -> Any:
@@ -193,17 +208,17 @@ def _run_bf16(module: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
 def inference_precision(
     model: nn.Module | SegNet, settings: InferenceSettings, device: torch.device
 ) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA with ``settings.amp``; on the CPU the bf16 encoder blocks of
-    :func:`_cpu_bf16_encoder`. Nothing for a network that is not a PyTorch module, or without amp.
+    """bf16 autocast on CUDA with ``settings.amp``; on the CPU the fused blocks of :func:`_cpu_blocks`
+    (bf16 encoder with amp). Nothing for a network that is not a PyTorch module.
 
     The inference functions enter it themselves; a caller looping over many images enters it once
     around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
     """
-    if not isinstance(model, nn.Module) or not settings.amp:
+    if not isinstance(model, nn.Module):
         return nullcontext()
     if device.type == "cpu":
-        return _cpu_bf16_encoder(model)
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+        return _cpu_blocks(model, bf16=settings.amp, fused=settings.fused_cpu)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if settings.amp else nullcontext()
 
 
 def resize_matrix(out_size: int, in_size: int, device: torch.device | None = None) -> torch.Tensor:

@@ -123,7 +123,7 @@ def _check_export(model: Segmenter, session: Any) -> None:
 class OrtSegmenter:
     """An exported segmenter in an onnxruntime CPU session, with what the inference code uses of one.
 
-    fp32 only: ``amp`` concerns the PyTorch backend. ``threads`` defaults to
+    fp32 only: ``amp`` and the fused CPU blocks concern the PyTorch backend. ``threads`` defaults to
     torch's thread count, so ``threads:`` in a config holds for both backends.
     """
 
