@@ -156,18 +156,19 @@ def _float32_features(feats: BackboneOutput) -> BackboneOutput:
     )
 
 
-def _forward(model: torch.nn.Module, batch: torch.Tensor, amp: bool) -> Any:
+def _forward(model: torch.nn.Module, batch: torch.Tensor, amp: bool, fused_cpu: bool = True) -> Any:
     """The model's outputs; with ``amp`` a CAMNet runs its backbone in bf16 but its heads in float32.
 
     The fused and refined CAMs are sums over hundreds of patches whose per-class spread can be far
     below their size, so rounding them to bf16 moves seed borders (random DeiT-S weights: 89 % of
     seed pixels agree with float32 under plain autocast, 99.6 % this way) at about the same cost.
-    Other models run wholly under autocast.
+    Other models run wholly under autocast. ``fused_cpu``: see
+    :meth:`~weaktr.models.backbone.ViTBackbone.forward`.
     """
     net = _unwrap(model)
     if isinstance(net, CAMNet):  # the maps are consumed before the next batch: reuse their buffer
         with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
-            feats = net.backbone(batch, reuse_buffers=True)
+            feats = net.backbone(batch, reuse_buffers=True, fused_cpu=fused_cpu)
         return net.predict(_float32_features(feats) if amp else feats)
     with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
         return model(batch)
@@ -197,6 +198,7 @@ def batch_cam_kinds(
     amp: bool = False,
     kinds: Sequence[str] = ("default",),
     flip: bool = True,
+    fused_cpu: bool = True,
 ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`batch_cams` for several CAM kinds from the same forwards: per image, kind → result."""
     config = _unwrap(model).config
@@ -213,7 +215,7 @@ def batch_cam_kinds(
             batch = [
                 images[n].inputs[i].flip(-1) if v else images[n].inputs[i] for n, i in members for v in views
             ]
-            out = _forward(model, torch.stack(batch).to(device), amp)
+            out = _forward(model, torch.stack(batch).to(device), amp, fused_cpu)
             keys = [(n, i, v) for n, i in members for v in views]
             for kind in kinds:
                 cam = select_cam(out, kind, config.refine).float()
@@ -334,6 +336,7 @@ def generate_cams(
     max_pixels: int = 0,
     num_workers: int = 0,
     also: Mapping[str, str | Path] | None = None,
+    fused_cpu: bool = True,
 ) -> int:
     """Write ``out_dir/<id>.npz`` for this rank's share of ``items``; returns how many were written.
 
@@ -341,7 +344,8 @@ def generate_cams(
     batched while their scaled inputs hold at most ``max_pixels`` pixels, and inputs of equal size
     then share a forward (0 = one image per batch; stages pass :data:`DEFAULT_MAX_PIXELS`).
     ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes. ``also`` maps
-    further CAM kinds to their folders, written from the same forwards.
+    further CAM kinds to their folders, written from the same forwards. ``fused_cpu`` lets float32
+    CPU inference use the self-checked fused blocks (:meth:`~weaktr.models.backbone.ViTBackbone.forward`).
     """
     if kind in (also or {}):
         raise ValueError(f"CAM kind {kind!r} is both the main output and in 'also'")
@@ -366,7 +370,7 @@ def generate_cams(
     written = 0
     with tqdm(total=len(jobs), desc="gen-cam", unit="img", disable=not progress or rank != 0) as bar:
         for chunk in _chunks(prepared, max_pixels):
-            results = batch_cam_kinds(model, chunk, device, amp, tuple(dirs), flip)
+            results = batch_cam_kinds(model, chunk, device, amp, tuple(dirs), flip, fused_cpu)
             for p, per_kind in zip(chunk, results, strict=True):
                 for k, (cams, classes) in per_kind.items():
                     save_cams(dirs[k] / f"{p.image_id}.npz", cams.numpy(), classes.numpy())

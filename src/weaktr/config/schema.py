@@ -75,6 +75,9 @@ class CamGenConfig:
     flip: bool = True
     refine: bool | None = None  # patch-attention refinement; None = the model's own cam_model.refine
     amp: bool = True
+    # float32 on the CPU: the self-checked fused oneDNN linears of models/cpu_blocks.py (env
+    # WEAKTR_FUSED_CPU=0 turns them off too); bf16 runs torch's own ops either way
+    fused_cpu: bool = True
     num_workers: int = 4
 
 

@@ -20,6 +20,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
+from weaktr.models.cpu_blocks import FusedBlock, fuse, fused_problem
 from weaktr.models.timm_factory import create_backbone
 
 
@@ -132,6 +133,8 @@ class ViTBackbone(nn.Module):
         vit.pos_embed = nn.Parameter(pos)
         vit.num_prefix_tokens = num_classes
         self._buffer: torch.Tensor | None = None  # see forward(reuse_buffers=True); not state
+        # (weight versions, fused blocks) of forward(fused_cpu=True); not state
+        self._fused: tuple[tuple[tuple[int, int], ...], list[FusedBlock | None]] | None = None
 
     @property
     def embed_dim(self) -> int:
@@ -149,12 +152,17 @@ class ViTBackbone(nn.Module):
     def head_dim(self) -> int:
         return self.vit.blocks[0].attn.head_dim
 
-    def forward(self, x: torch.Tensor, reuse_buffers: bool = False) -> BackboneOutput:
+    def forward(
+        self, x: torch.Tensor, reuse_buffers: bool = False, fused_cpu: bool = False
+    ) -> BackboneOutput:
         """(B, 3, H, W) -> tokens after the last block (no final norm) and the per-block captures.
 
         ``reuse_buffers`` (inference only): the attention maps are written into one buffer kept
         between calls, so they stay valid only until the next such call. Fresh (K, B, heads, T, T)
         maps cost page faults about as long as their matmuls (CAM generation: a fifth of its time).
+        ``fused_cpu`` (inference only, float32 on the CPU): plain blocks run their self-checked fused
+        oneDNN linears (:meth:`~weaktr.models.cpu_blocks.FusedBlock.with_maps`): without them the
+        bias copies into fresh GEMM outputs and the separate GELU pass take a third of the time.
         """
         H, W = x.shape[-2:]
         embed = self.vit.patch_embed
@@ -167,13 +175,36 @@ class ViTBackbone(nn.Module):
         tokens = tokens + resize_pos_embed(self.vit.pos_embed, self.num_tokens, (h, w), (H, W))
         tokens = self.vit.norm_pre(self.vit.pos_drop(tokens))
         attn, attn_out, head_out = [], [], []
-        maps = self._attention_buffer(tokens) if reuse_buffers and not torch.is_grad_enabled() else None
+        inference = not torch.is_grad_enabled()
+        maps = self._attention_buffer(tokens) if reuse_buffers and inference else None
+        fused = self._fused_blocks(tokens) if fused_cpu and inference else None
         for i, block in enumerate(self.vit.blocks):
-            tokens, a, o, ho = block_forward(block, tokens, None if maps is None else maps[i])
+            slot = None if maps is None else maps[i]
+            fast = None if fused is None else fused[i]
+            tokens, a, o, ho = fast.with_maps(tokens, slot) if fast else block_forward(block, tokens, slot)
             attn.append(a)
             attn_out.append(o)
             head_out.append(ho)
         return BackboneOutput(tokens, attn, attn_out, head_out, (h, w))
+
+    def _fused_blocks(self, tokens: torch.Tensor) -> list[FusedBlock | None] | None:
+        """Fused forwards of the blocks for float32 CPU inference (None: not here, or switched off).
+
+        The packed weights are a snapshot: they are packed again whenever a block parameter changed
+        in place (an optimiser step, a loaded state dict) since the last call.
+        """
+        weights = list(self.vit.blocks.parameters())
+        if (
+            tokens.device.type != "cpu"
+            or torch.is_autocast_enabled("cpu")
+            or any(p.dtype != torch.float32 for p in weights)
+            or fused_problem(torch.float32) is not None
+        ):
+            return None
+        key = tuple((p.data_ptr(), p._version) for p in weights)
+        if self._fused is None or self._fused[0] != key:
+            self._fused = (key, [fuse(block) for block in self.vit.blocks])
+        return self._fused[1]
 
     def _attention_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
         """A (K, B, heads, T, T) view of the kept buffer, grown when these maps do not fit it."""

@@ -146,6 +146,26 @@ class FusedBlock:
         x = _linear_add(_attention(qkv), self.proj, x)
         return _linear_add(_linear(block.norm2(x), self.fc1, "gelu"), self.fc2, x)
 
+    def with_maps(
+        self, x: torch.Tensor, scores_out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's forward with what the CAM network keeps (:func:`weaktr.models.backbone.block_forward`).
+
+        Returns (new tokens, attention (B, heads, N, N), projection output, per-head A·V); the
+        attention is written into ``scores_out`` when given. Inference only (no autograd graph).
+        """
+        block = self.block
+        attn = block.attn
+        B, N, _ = x.shape
+        qkv = _linear(block.norm1(x), self.qkv).view(B, N, 3, attn.num_heads, attn.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        scores = torch.matmul(q, k.transpose(-2, -1), out=scores_out)
+        probs = torch.softmax(scores, -1, out=scores)
+        head_out = probs @ v
+        out = _linear(head_out.transpose(1, 2).reshape(B, N, -1), self.proj)
+        x = x + out
+        return _linear_add(_linear(block.norm2(x), self.fc1, "gelu"), self.fc2, x), probs, out, head_out
+
 
 def _self_check(dtype: torch.dtype) -> str | None:
     """Run a small random block (head size 64, as DeiT's) fused and plain; None when they agree."""

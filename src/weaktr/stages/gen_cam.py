@@ -82,6 +82,7 @@ def write_split_cams(
         max_pixels=DEFAULT_MAX_PIXELS * (4 if ctx.device.type == "cuda" else 1),
         num_workers=ctx.cfg.cam_gen.num_workers,
         also={resolve_kind(ctx, k): d for k, d in (also or {}).items()},
+        fused_cpu=ctx.cfg.cam_gen.fused_cpu,
     )
     barrier()
     return out_dir
