@@ -385,5 +385,19 @@ def test_reused_attention_buffer_gives_the_same_maps_and_follows_the_input_size(
                 assert torch.equal(a, b) and b.dtype == (torch.bfloat16 if amp else torch.float32)
             torch.testing.assert_close(reused.tokens, plain.tokens, rtol=0, atol=0)
     # the buffer is kept between calls, grown to the largest maps seen, and never saved as state
-    assert model.backbone._buffer is not None and model.backbone._buffer.numel() >= 2 * 2 * 4 * (3 + 10) ** 2
+    kept = model.backbone._attn_buffers
+    assert list(kept) == [torch.bfloat16 if amp else torch.float32]
+    assert kept[next(iter(kept))].numel() >= 2 * 2 * 4 * (3 + 10) ** 2
     assert not any("_buffer" in k for k in model.state_dict())
+
+
+def test_alternating_precisions_keep_one_buffer_each() -> None:
+    model, x = tiny(), torch.randn(1, 3, 48, 64)
+    with torch.inference_mode():
+        model.backbone(x, reuse_buffers=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model.backbone(x, reuse_buffers=True)
+        kept = {d: b.data_ptr() for d, b in model.backbone._attn_buffers.items()}
+        model.backbone(x, reuse_buffers=True)  # back to float32: its buffer is still there
+    assert set(kept) == {torch.float32, torch.bfloat16}
+    assert {d: b.data_ptr() for d, b in model.backbone._attn_buffers.items()} == kept

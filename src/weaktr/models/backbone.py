@@ -132,7 +132,7 @@ class ViTBackbone(nn.Module):
         vit.cls_token = nn.Parameter(cls)
         vit.pos_embed = nn.Parameter(pos)
         vit.num_prefix_tokens = num_classes
-        self._buffer: torch.Tensor | None = None  # see forward(reuse_buffers=True); not state
+        self._attn_buffers: dict[torch.dtype, torch.Tensor] = {}  # see forward(reuse_buffers=True); not state
         # (weight versions, fused blocks) of forward(fused_cpu=True); not state
         self._fused: tuple[tuple[tuple[int, int], ...], list[FusedBlock | None]] | None = None
 
@@ -207,16 +207,20 @@ class ViTBackbone(nn.Module):
         return self._fused[1]
 
     def _attention_buffer(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A (K, B, heads, T, T) view of the kept buffer, grown when these maps do not fit it."""
+        """A (K, B, heads, T, T) view of the kept buffer of this dtype, grown when the maps do not fit.
+
+        One buffer per dtype, so a model that alternates float32 and bf16 passes (the report's CAM
+        variants, a benchmark) does not allocate, and page-fault, a fresh one at every switch.
+        """
         B, T, _ = tokens.shape
         dtype = tokens.dtype
         if torch.is_autocast_enabled(tokens.device.type):
             dtype = torch.get_autocast_dtype(tokens.device.type)
         shape = (self.depth, B, self.num_heads, T, T)
         need = math.prod(shape)
-        buf = self._buffer
-        if buf is None or buf.numel() < need or buf.dtype != dtype or buf.device != tokens.device:
-            buf = self._buffer = torch.empty(need, dtype=dtype, device=tokens.device)
+        buf = self._attn_buffers.get(dtype)
+        if buf is None or buf.numel() < need or buf.device != tokens.device:
+            buf = self._attn_buffers[dtype] = torch.empty(need, dtype=dtype, device=tokens.device)
         return buf[:need].view(shape)
 
 
