@@ -263,10 +263,10 @@ def table(results: dict[str, Any]) -> str:
         if key.startswith("train_step") and "train_step_authors_way" in timings:
             same = f"{timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
         note = ""
-        for base in ("plain", "fused"):  # backends: per-round torch_<base> / this, median (range)
-            if f"{base}_ratios" in r:  # (plain: results of 2026-12-03, while cpu_blocks.py was deleted)
-                pairs = r[f"{base}_ratios"]
-                same = f"{base} / this {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
+        for ref in ("plain", "fused"):  # backends: per-round torch_<ref> / this, median (range)
+            if f"{ref}_ratios" in r:  # (plain: results of 2026-12-03, while cpu_blocks.py was deleted)
+                pairs = r[f"{ref}_ratios"]
+                same = f"{ref} / this {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
         if "agreement" in r:
             what = "ours fp32" if key.endswith("authors_way") else "fp32"
             note = f"agrees {100 * r['agreement']:.2f}% with {what}" + (
