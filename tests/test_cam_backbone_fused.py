@@ -10,10 +10,15 @@ import pytest
 import torch
 from conftest import TINY_CAM
 
+import weaktr.stages.gen_cam as gen_cam_stage
 from weaktr.cam.generate import generate_cams
+from weaktr.config import load_config
+from weaktr.data.demo import generate_demo
+from weaktr.evaluation.inference import InferenceSettings
 from weaktr.models import cpu_blocks
 from weaktr.models.backbone import BackboneOutput
 from weaktr.models.cam import CAMConfig, CAMNet, build_cam_model
+from weaktr.runtime.context import open_run
 
 needs_fused = pytest.mark.skipif(
     cpu_blocks.fused_problem(torch.float32) is not None,
@@ -121,3 +126,32 @@ def test_generated_cams_agree_with_the_plain_path(tmp_path: Path) -> None:
         cams[fused] = [np.load(out / f"im{i}.npz")["cams"] for i in range(2)]
     for a, b in zip(cams[False], cams[True], strict=True):
         np.testing.assert_allclose(a, b, atol=2e-3)  # stored as float16
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_config_switches_reach_both_inference_paths(
+    on: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cam_gen.fused_cpu`` reaches the stages' CAM generator, ``predict.fused_cpu`` the segmenter's."""
+    generate_demo(tmp_path / "data", n_train=2, n_val=1, size=32, n_classes=3, seed=0)
+    flag = str(on).lower()
+    cfg = load_config(
+        "demo",
+        [
+            f"data.dataset={tmp_path / 'data' / 'dataset.yaml'}",
+            f"run_dir={tmp_path / 'run'}",
+            "device=cpu",
+            f"cam_gen.fused_cpu={flag}",
+            f"predict.fused_cpu={flag}",
+        ],
+    )
+    assert InferenceSettings.from_config(cfg.predict).fused_cpu is on
+    seen: list[bool] = []
+
+    def fake_generate(*args: object, fused_cpu: bool, **kwargs: object) -> int:
+        seen.append(fused_cpu)
+        return 0
+
+    monkeypatch.setattr(gen_cam_stage, "generate_cams", fake_generate)
+    gen_cam_stage.write_split_cams(open_run(cfg), _model(), "train", tmp_path / "cams", [1.0])
+    assert seen == [on]
