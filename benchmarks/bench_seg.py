@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from common import machine, measure, measure_rounds, paired_ratios
 from seg_backends import bench_backends
+from targets import AGREEMENT_MIN
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
@@ -56,7 +57,6 @@ from weaktr.losses import gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 
 AUTHORS = {"train_step": 7.3, "infer_1scale": 1.8, "infer_6scale_flip_ens": 32.0, "crf_1": 0.84}
-AGREEMENT_MIN = 0.995
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_seg.json"
 CPU = torch.device("cpu")
 # --tiny: a one-block segmenter on 32² crops, for dry runs of the script (its timings mean nothing)

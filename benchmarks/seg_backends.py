@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 from common import cpu_seconds, measure_rounds, paired_ratios
+from targets import AGREEMENT_MIN
 
 from weaktr.evaluation.inference import InferenceSettings, SegNet, inference_precision, predict_probs
 from weaktr.evaluation.onnx_backend import OrtSegmenter, export_segmenter
 from weaktr.models.cpu_blocks import fused_problem
 from weaktr.models.segmenter import SegConfig, build_segmenter, load_segmenter, save_segmenter
 
-AGREEMENT_MIN = 0.995
 REFERENCE, BASELINE = "torch_plain", "torch_fused"
 
 

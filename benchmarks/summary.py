@@ -16,17 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from targets import AGREEMENT_MIN, AUTHORS, CAM_TARGETS
+
 RESULTS = Path(__file__).resolve().parent / "results"
-# s; the authors' own code, float32, on a 2-core machine of this kind on 2026-12-03 (no 1-scale figure)
-AUTHORS: dict[str, float | None] = {
-    "cam_train_step": 2.46,
-    "cam_gen": 4.60,
-    "seg_train_step": 11.24,
-    "infer_1scale": None,
-    "infer_6scale_flip_ens": 37.0,
-}
-CAM_TARGETS = {"fp32": 2.0, "bf16": 3.0}  # CAM generation, against the authors' loop re-enacted here
-AGREEMENT_MIN = 0.995  # a bf16 result counts only when this share of its seeds / pixels agrees
 PRECISIONS = (("fp32", "float32", ""), ("bf16", "bf16", "_bf16"))  # label, bench_cam key, bench_seg suffix
 HEADER = (
     "| measure | precision | weaktr wall s (CPU s) | authors s | authors / weaktr "
@@ -117,7 +109,7 @@ def cam_rows(res: dict[str, Any], authors: dict[str, float | None]) -> list[list
             same = theirs["wall_s"] / ours["wall_s"]
             if len(theirs.get("walls", [])) == len(ours.get("walls", [])):
                 pairs = [t / o for t, o in zip(theirs["walls"], ours["walls"], strict=True)]
-        target = CAM_TARGETS[prec]
+        target = CAM_TARGETS[key]
         counts, note = agreement(res.get("bf16_seed_agreement"), "seeds") if prec == "bf16" else (True, "")
         if not counts:
             verdict = note

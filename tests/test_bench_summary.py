@@ -173,7 +173,7 @@ def test_unreadable_results_file_exits_2_naming_it(
 def test_the_real_results_files_give_a_cam_generation_and_a_six_scale_row() -> None:
     """As a user runs it, over what is in benchmarks/results/ now; torch is never imported."""
     code = (
-        "import runpy, sys; sys.argv = ['summary.py']; "
+        f"import runpy, sys; sys.argv = ['summary.py']; sys.path.insert(0, {str(BENCH)!r}); "
         f"runpy.run_path({str(BENCH / 'summary.py')!r}, run_name='__main__'); "
         "assert 'torch' not in sys.modules"
     )
