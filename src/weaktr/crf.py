@@ -8,7 +8,6 @@ a process pool, since the CRF is single-threaded C++ and dominates the seed and 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from weaktr.errors import InputError
+from weaktr.pools import process_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -153,7 +153,7 @@ def run_parallel(
                 results.append(fn(job))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 chunk = max(1, len(jobs) // (workers * 8))
                 for res in pool.map(fn, jobs, chunksize=chunk):
                     results.append(res)

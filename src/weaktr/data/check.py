@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from weaktr.data.images import exif_rotates, load_image, load_label_map
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import DataCheckError, InputError
+from weaktr.pools import process_pool
 
 log = logging.getLogger("weaktr")
 MAX_LISTED = 10
@@ -66,7 +66,7 @@ def check_files(items: Sequence[FileCheck], num_classes: int, workers: int | Non
     results: Iterable[tuple[InputError | None, bool]]
     problems: list[InputError] = []
     rotated = total = 0
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(jobs) >= 2 * chunk else None
+    pool = process_pool(workers) if workers > 1 and len(jobs) >= 2 * chunk else None
     try:
         results = pool.map(_check_one, jobs, chunksize=chunk) if pool else map(_check_one, jobs)
         # tqdm itself, as crf.py does (runtime.logging.progress lives a layer above data/); drawn on a

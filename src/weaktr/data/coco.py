@@ -12,7 +12,6 @@ instance are left out of the lists (as in the authors' ``train_id.txt`` / ``val_
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from weaktr.data.info import DatasetInfo, output_folder, relative_to_root, short
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import read_json, save_label_png, sweep_temporaries, write_json
+from weaktr.pools import fork_pool
 
 IGNORE = 255
 
@@ -172,7 +172,7 @@ def prepare_coco(
     with output_folder(out_dir):
         sweep_temporaries(out_dir)  # left by a prepare that was killed
         if workers > 1 and len(jobs) > 1:
-            with mp.get_context("fork").Pool(workers) as pool:
+            with fork_pool(workers) as pool:
                 for _ in pool.imap_unordered(_paint_job, jobs, chunksize=16):
                     pass
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from weaktr.data.info import DatasetInfo, write_id_list
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, save_label_png, write_json
+from weaktr.pools import fork_pool
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "star", "hexagon", "crescent")
 MARKER = ".complete"
@@ -221,7 +221,7 @@ def generate_demo(
     ids = [f"{i:06d}" for i in range(n_train + n_val)]
     jobs = [(root, seed, i, size, n_classes, image_id) for i, image_id in enumerate(ids)]
     if workers > 1:
-        with mp.get_context("fork").Pool(workers) as pool:
+        with fork_pool(workers) as pool:
             found = pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
     else:
         found = [_write_one(job) for job in jobs]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
 from weaktr.evaluation.onnx_backend import load_seg_net
 from weaktr.io import save_label_png, write_probs
+from weaktr.pools import process_pool
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier, shard
 from weaktr.runtime.layout import sibling_dir
@@ -53,7 +54,7 @@ class _CRFQueue:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.pool = process_pool(workers) if workers > 1 else None
         self.pending: deque[Future[None]] = deque()
 
     def submit(self, job: CRFJob) -> None:

@@ -1,0 +1,29 @@
+"""Process pools whose forked workers leave the parent's garbage to the parent.
+
+A forked worker inherits every object of its parent, garbage not yet collected included. When the
+worker's cyclic GC collects that garbage, its finalizers run inside the worker, in the middle of
+whatever the worker is doing. In the test suite one such collection fell inside ``np.load``'s header
+parse (``ast.literal_eval``) of a seeds worker, after a test had left the frames of an interrupted
+training run behind, and CPython 3.11 failed a valid CAM file with "AST constructor recursion depth
+mismatch". The gc documentation's advice for forking servers avoids it: collect in the parent before
+the fork, and freeze in the worker what it inherited, so its collections see only its own objects.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.pool import Pool
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A ``ProcessPoolExecutor`` of ``workers`` processes that never collect inherited objects."""
+    gc.collect()
+    return ProcessPoolExecutor(max_workers=workers, initializer=gc.freeze)
+
+
+def fork_pool(workers: int) -> Pool:
+    """A fork-started ``multiprocessing`` pool of ``workers`` processes, frozen the same way."""
+    gc.collect()
+    return mp.get_context("fork").Pool(workers, initializer=gc.freeze)
