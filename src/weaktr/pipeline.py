@@ -24,7 +24,6 @@ from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier
 from weaktr.runtime.layout import RunLayout, sibling_dir
-from weaktr.stages.aaf_check import read_checks
 from weaktr.stages.gen_cam import gen_cam_stage
 from weaktr.stages.predict import predict_split
 from weaktr.stages.scoring import evaluate_stage
@@ -55,17 +54,7 @@ def _has_gt(ctx: RunContext) -> bool:
 
 
 def _train_cam(ctx: RunContext) -> dict[str, Any]:
-    result: dict[str, Any] = {"model": str(train_cam(ctx))}
-    checks = read_checks(ctx.layout)
-    if checks:
-        result["aaf_check"] = {
-            "attempts": len(checks),
-            "seed": checks[-1].seed,
-            "smallest_weight": round(checks[-1].smallest, 4),
-            "threshold": checks[-1].threshold,
-            "saturated": checks[-1].saturated,
-        }
-    return result
+    return {"model": str(train_cam(ctx))}
 
 
 def _gen_cam(ctx: RunContext) -> dict[str, Any]:
@@ -222,7 +211,7 @@ def write_summary(run_dir: Path, seconds_this_call: float) -> dict[str, Any]:
         data = json.loads(marker.read_text())
         stage_seconds[name] = round(float(data["seconds"]), 1)
         for key, value in data.get("result", {}).items():
-            if isinstance(value, dict) and ("miou" in value or key == "aaf_check"):
+            if isinstance(value, dict) and "miou" in value:
                 summary[key] = value
     summary["seconds"] = round(sum(stage_seconds.values()), 1)
     summary["stage_seconds"] = stage_seconds
@@ -252,12 +241,5 @@ def format_summary(summary: dict[str, Any]) -> str:
         if key in summary:
             extra = f"  (t = {summary[key]['threshold']:.2f})" if "threshold" in summary[key] else ""
             lines.append(f"{label:<52} {summary[key]['miou']:>6.3f}{extra}")
-    check = summary.get("aaf_check")
-    if check and (check["attempts"] > 1 or check["saturated"]):  # said only when it changed something
-        state = "saturated" if check["saturated"] else f"below {check['threshold']:.2f}"
-        lines.append(
-            f"CAM network trained {check['attempts']}x (AAF check; kept seed {check['seed']}, "
-            f"smallest AAF weight {check['smallest_weight']:.2f}: {state})"
-        )
     lines.append(f"{'total seconds':<52} {summary.get('seconds', 0):>6.0f}")
     return "\n".join(lines)

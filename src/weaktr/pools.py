@@ -2,11 +2,11 @@
 
 A forked worker inherits every object of its parent, garbage not yet collected included. When the
 worker's cyclic GC collects that garbage, its finalizers run inside the worker, in the middle of
-whatever the worker is doing. In the test suite one such collection fell inside ``np.load``'s header
-parse (``ast.literal_eval``) of a seeds worker, after a test had left the frames of an interrupted
-training run behind, and CPython 3.11 failed a valid CAM file with "AST constructor recursion depth
-mismatch". The gc documentation's advice for forking servers avoids it: collect in the parent before
-the fork, and freeze in the worker what it inherited, so its collections see only its own objects.
+whatever the worker is doing. In the test suite one such collection fell inside ``np.load``'s
+header parse (``ast.literal_eval``) in a seeds worker, and CPython 3.11 failed a valid CAM file with
+"AST constructor recursion depth mismatch". The gc documentation's advice for forking servers
+avoids it: collect in the parent before the fork, and freeze in the worker what it inherited, so
+that its collections see only its own objects.
 """
 
 from __future__ import annotations

@@ -65,13 +65,6 @@ class CamTrainConfig:
     # data.cam_eval_split (threshold swept over seeds.sweep); 'last' uses no pixel GT at all.
     select_checkpoint: Literal["last", "gt_miou"] = "last"
     log_every: int = 20  # iterations between JSONL log lines
-    # GT-free check after training (weaktr.stages.aaf_check): the AAF's mean weight per attention map
-    # over the first aaf_check_images train images (0 = no check). When even the smallest is at or
-    # above aaf_saturated, the sigmoids sit near 1 and the fusion is close to a plain mean: a warning,
-    # and with restarts > 0 the CAM network is trained again from a new seed, up to that many times.
-    aaf_check_images: int = 64
-    aaf_saturated: float = 0.6
-    restarts: int = 0
 
 
 @dataclass

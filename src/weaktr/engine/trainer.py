@@ -88,7 +88,6 @@ class EpochTrainer(ABC):
     def __init__(self, ctx: RunContext, files: PhaseFiles, selection: dict[str, Any]) -> None:
         self.ctx, self.files, self.selection = ctx, files, selection
         self.cfg: TrainSection = getattr(ctx.cfg, self.section)
-        self.seed = self.cfg.seed  # a phase may move it (a CAM restart trains from another seed)
         self.setup: dict[str, Any] = {}
         self.start = 0
         self.jlog = JsonlLogger(files.log, enabled=False)  # the real ones are opened by fit
@@ -121,7 +120,7 @@ class EpochTrainer(ABC):
 
     # -- seeds, data, resume ----------------------------------------------------------------------
     def epoch_seed(self, epoch: int) -> int:
-        return self.seed + EPOCH_SEED_STRIDE * epoch
+        return self.cfg.seed + EPOCH_SEED_STRIDE * epoch
 
     def seed_epoch(self, epoch: int) -> None:
         """Reseed python, numpy and torch for ``epoch`` on this rank (epoch 0 also builds the model)."""
@@ -135,7 +134,7 @@ class EpochTrainer(ABC):
             num_replicas=world,
             rank=rank,
             shuffle=True,
-            seed=self.seed,
+            seed=self.cfg.seed,
             drop_last=self.drop_last,
         )
         sampler.set_epoch(epoch)

@@ -80,15 +80,6 @@ class RunLayout:
         return self.cam / "selection.json"
 
     @property
-    def cam_aaf_check(self) -> Path:
-        """The AAF check's verdict on each finished training attempt (``weaktr.stages.aaf_check``)."""
-        return self.cam / "aaf_check.json"
-
-    def cam_attempt(self, attempt: int) -> Path:
-        """Where an attempt that was restarted keeps its model, state, log and selection."""
-        return self.cam / f"attempt-{attempt}"
-
-    @property
     def cam_select_work(self) -> Path:
         """Scratch CAMs of the per-epoch GT selection (removed when training ends)."""
         return self.cam / "select_cams"

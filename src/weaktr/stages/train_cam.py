@@ -35,7 +35,6 @@ from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import all_reduce_sum, barrier
 from weaktr.runtime.logging import progress
 from weaktr.runtime.tensorboard import grid, heat_panel
-from weaktr.stages.aaf_check import attempt_seed, check_settings, judge_attempt, read_checks
 from weaktr.stages.gen_cam import cam_items, resolve_kind, write_split_cams
 from weaktr.stages.scoring import gt_dir, sweep_range
 
@@ -118,7 +117,7 @@ class CamTrainer(EpochTrainer):
     # The backbone's final norm is loaded but never applied (golden O1): DDP must allow unused params.
     find_unused_parameters = True
 
-    def __init__(self, ctx: RunContext, model_cfg: CAMConfig, attempt: int = 0) -> None:
+    def __init__(self, ctx: RunContext, model_cfg: CAMConfig) -> None:
         tc, lay = ctx.cfg.cam_train, ctx.layout
         split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
         selection = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
@@ -136,7 +135,6 @@ class CamTrainer(EpochTrainer):
                 "world": ctx.dist.world,
             }
         )
-        self.seed = attempt_seed(tc.seed, attempt)
         self.seed_epoch(0)
         self.cam_model = build_cam_model(model_cfg, tc.pretrained).to(ctx.device)
         self.model = self.cam_model
@@ -217,38 +215,19 @@ class CamTrainer(EpochTrainer):
 
 
 def train_cam(ctx: RunContext) -> Path:
-    """Train (or resume training) the CAM network of ``ctx.cfg``; returns the selected checkpoint.
-
-    After the last epoch the AAF check (:mod:`weaktr.stages.aaf_check`) judges the network once;
-    a saturated AAF with ``cam_train.restarts`` left trains a new attempt from another seed.
-    """
+    """Train (or resume training) the CAM network of ``ctx.cfg``; returns the selected checkpoint."""
     tc = ctx.cfg.cam_train
     model_cfg = CAMConfig.from_dict(ctx.cfg.cam_model)
     _check_classes(ctx, model_cfg)
-    check_settings(tc)
     if tc.select_checkpoint == "gt_miou":
         gt_dir(ctx.dataset)
-    while True:
-        checks = read_checks(ctx.layout)
-        attempt = sum(c.restarted for c in checks)
-        trainer = CamTrainer(ctx, model_cfg, attempt)
-        if trainer.resume():
-            path = trainer.files.model
-        else:
-            path = trainer.fit(
-                epochs=tc.epochs,
-                batch_size=tc.batch_size,
-                world=ctx.dist.world,
-                lr=trainer.lr0,
-                select_checkpoint=tc.select_checkpoint,
-                attempt=attempt,
-                seed=trainer.seed,
-            )
-        if not tc.aaf_check_images or len(checks) > attempt:  # no check, or this attempt was judged
-            return path
-        if ctx.dist.is_main:
-            judge_attempt(ctx, trainer.cam_model, attempt, trainer.seed, checks)
-        barrier()
-        judged = read_checks(ctx.layout)
-        if len(judged) == len(checks) or not judged[-1].restarted:
-            return path
+    trainer = CamTrainer(ctx, model_cfg)
+    if trainer.resume():
+        return trainer.files.model
+    return trainer.fit(
+        epochs=tc.epochs,
+        batch_size=tc.batch_size,
+        world=ctx.dist.world,
+        lr=trainer.lr0,
+        select_checkpoint=tc.select_checkpoint,
+    )
