@@ -110,6 +110,17 @@ def test_multiscale_batches_scale_with_flip_and_matches_fusion() -> None:
     torch.testing.assert_close(cams, expected)
 
 
+def test_cams_come_at_the_image_size_whatever_the_first_scale() -> None:
+    # The authors upsample to the first scale's size (1.0 in their lists); a list starting at 0.8
+    # would then give CAMs smaller than the masks, found only when the seeds are scored.
+    model = FakeCAM(num_classes=4).eval()
+    image = _image(48, 64)
+    small_first, _ = multiscale_cam(model, image, [2], [0.8, 1.0], MEAN, STD, CPU)
+    one_first, _ = multiscale_cam(model, image, [2], [1.0, 0.8], MEAN, STD, CPU)
+    assert small_first.shape == one_first.shape == (1, 48, 64)
+    torch.testing.assert_close(small_first, one_first)  # the same sum, in another order
+
+
 def test_multiscale_refine_flag_and_equal_sizes_share_a_forward() -> None:
     fused = FakeCAM(refine=False).eval()
     fine = FakeCAM(refine=True).eval()

@@ -1,10 +1,10 @@
 """Multi-scale + flip CAM generation (spec §1.6): one ``.npz`` of normalised per-class maps per image.
 
 The fusion follows the authors' generator exactly (bicubic PIL resize per scale, each with its flip,
-bilinear upsampling to the first scale's size, label masking, flip-back, a plain *sum* in dataset
-order, then per-class min–max with ε = 1e-8), because the seed threshold (0.43 / 0.42) was tuned on
-that normalisation. Unlike the authors' code, images of equal size are batched together, keeping one
-patch attention and one label vector per image.
+bilinear upsampling to the image's size (theirs: the first scale's, 1.0 in their lists), label
+masking, flip-back, a plain *sum* in dataset order, then per-class min–max with ε = 1e-8), because
+the seed threshold (0.43 / 0.42) was tuned on that normalisation. Unlike the authors' code, images
+of equal size are batched together, keeping one patch attention and one label vector per image.
 """
 
 from __future__ import annotations
@@ -118,11 +118,12 @@ def label_vector(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
 
 @dataclass
 class PreparedImage:
-    """One image ready for the network: its scaled inputs (unflipped) and its image-level labels."""
+    """One image ready for the network: its scaled inputs (unflipped), labels and its own (H, W)."""
 
     image_id: str
     label_ids: list[int]
     inputs: list[torch.Tensor]
+    size: tuple[int, int]
 
     @property
     def pixels(self) -> int:
@@ -138,7 +139,8 @@ def prepare_image(
     std: Sequence[float],
 ) -> PreparedImage:
     """Resize and normalise once, so batching and DataLoader workers handle ready tensors."""
-    return PreparedImage(image_id, [int(i) for i in label_ids], preprocess_scales(image, scales, mean, std))
+    inputs = preprocess_scales(image, scales, mean, std)
+    return PreparedImage(image_id, [int(i) for i in label_ids], inputs, (image.shape[0], image.shape[1]))
 
 
 def _float32_features(feats: BackboneOutput) -> BackboneOutput:
@@ -223,7 +225,9 @@ def batch_cam_kinds(
         # Fusion stays in float32 even under AMP: the min–max step amplifies rounding (golden README).
         results: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
         for n, p in enumerate(images):
-            out_size = (p.inputs[0].shape[-2], p.inputs[0].shape[-1])
+            # The image's own size: the authors upsample to the first scale's, which is the same for
+            # their scale lists (1.0 first); any other first scale would misalign the CAMs with the masks
+            out_size = p.size
             classes = torch.nonzero(labels[n] > 0).flatten() + 1
             if len(classes) == 0:
                 empty = torch.zeros((0, *out_size), dtype=torch.float32)
@@ -254,7 +258,7 @@ def multiscale_cam(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-scale + flip CAMs of one image; the model must be in eval mode.
 
-    Returns ``(cams, classes)``: float32 (K, H, W) on the CPU at the first scale's size and the int64
+    Returns ``(cams, classes)``: float32 (K, H, W) on the CPU at the image's size and the int64
     label ids of the K present classes (ascending). ``kind`` picks the fused map (:data:`CAM_KINDS`).
     """
     prepared = prepare_image("", image, label_ids, scales, mean, std)
