@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from weaktr.config import RunConfig
 from weaktr.errors import InputError
 from weaktr.runtime import distributed as D
-from weaktr.runtime.context import RunContext
+from weaktr.runtime.context import RunContext, cpu_bf16_native
 
 
 def test_single_process_fallbacks(monkeypatch):
@@ -61,8 +61,28 @@ def test_amp_rule_only_where_asked(tmp_path):
         cfg = RunConfig(amp_cpu=amp_cpu)
         return RunContext(cfg, tmp_path, None, D.DistInfo(0, 1, 0, torch.device(device), True))  # type: ignore[arg-type]
 
-    assert not ctx("cpu", False).amp(True) and ctx("cpu", True).amp(True)
+    assert not ctx("cpu", False).amp(True) and ctx("cpu", True).amp(True) == cpu_bf16_native()
     assert ctx("cuda", False).amp(True) and not ctx("cuda", True).amp(False)
+
+
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, native", [(True, False, True), (False, True, True), (False, False, False)]
+)
+def test_amp_cpu_needs_native_bf16(tmp_path, monkeypatch, caplog, avx512_bf16, amx, native):
+    """amp_cpu on a CPU that only emulates bf16 runs float32, and says so once."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu_bf16_native.cache_clear()
+    try:
+        ctx = RunContext(
+            RunConfig(amp_cpu=True), tmp_path, None, D.DistInfo(0, 1, 0, torch.device("cpu"), True)
+        )  # type: ignore[arg-type]
+        with caplog.at_level("WARNING", logger="weaktr"):
+            assert ctx.amp(True) is native and ctx.amp(True) is native
+        warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]
+        assert len(warnings) == (0 if native else 1)
+    finally:
+        cpu_bf16_native.cache_clear()
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
