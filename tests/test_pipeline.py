@@ -11,6 +11,8 @@ import pytest
 from weaktr.ablation import format_table, run_ablations
 from weaktr.cli import COMMANDS, build_parser, main
 from weaktr.config import load_config
+from weaktr.data.demo import SHAPES
+from weaktr.evaluation.lost_classes import class_pixels, lost_classes
 from weaktr.pipeline import STAGE_NAMES
 from weaktr.report.render import build_report
 
@@ -72,6 +74,11 @@ def test_demo_writes_every_artefact(demo_run: Path):
         assert 0.0 <= summary[key]["miou"] <= 1.0, key
     assert summary["seconds"] > 0
     assert set(summary["stage_seconds"]) == set(STAGE_NAMES)
+    # the GT-free lost-class check compares the seeds with the train split's pseudo masks
+    ids = (demo_run / "data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    seeds, pred = (class_pixels(demo_run / d, ids, 4) for d in ("seeds_crf", "pred/train"))
+    names = ["background", *SHAPES[:3]]
+    assert summary["lost_classes"] == [names[c] for c in lost_classes(seeds, pred)]
     assert (demo_run / "report" / "index.html").is_file()
     views = json.loads((demo_run / "views" / "index.json").read_text())
     assert len(views["images"]) == 2  # report.n_examples
@@ -133,3 +140,15 @@ def test_report_only_cam_variants_are_scored_on_a_stated_sample(demo_run: Path, 
     assert "cam_coarse, cam_refined only feed this report" in text
     assert main([*args, "report.cam_variant_images=0"]) == 2
     assert "report.cam_variant_images must be a positive number" in capsys.readouterr().err
+
+
+def test_every_ablation_builds_its_models_on_the_demo_config():
+    """A variant's overrides must fit the packaged demo (reduction 8 on its 4 maps leaves no AAF unit)."""
+    from weaktr.ablation import variants
+    from weaktr.models.cam import CAMConfig, build_cam_model
+
+    base = load_config("demo")
+    for v in variants(base.seg_train.gc.tau, base.seg_train.gc.cell):
+        cfg = load_config("demo", list(v.overrides))
+        model = build_cam_model(CAMConfig.from_dict(dict(cfg.cam_model)))
+        assert model.aaf.fusion == cfg.cam_model.get("fusion", "aaf"), v.name

@@ -19,6 +19,7 @@ from typing import Any
 
 from weaktr.data.sampling import spread
 from weaktr.errors import InputError
+from weaktr.evaluation.lost_classes import LOST_SHARE, class_pixels, lost_classes
 from weaktr.io import write_json
 from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
@@ -123,12 +124,32 @@ def _train_seg(ctx: RunContext) -> dict[str, Any]:
     return {"model": str(train_seg(ctx, ctx.layout.seeds(ctx.cfg.seeds.crf), gt_dir=gt))}
 
 
+def _lost_classes(ctx: RunContext, pred_dir: Path) -> list[str]:
+    """Names of the classes the seeds label but the pseudo masks lost (see weaktr.evaluation.lost_classes)."""
+    ids, n = ctx.dataset.ids(ctx.cfg.data.train_split), ctx.dataset.num_classes
+    seeds = class_pixels(ctx.layout.seeds(ctx.cfg.seeds.crf), ids, n)
+    lost = lost_classes(seeds, class_pixels(pred_dir, ids, n))
+    names = [ctx.dataset.class_names[c] for c in lost]
+    for c, name in zip(lost, names, strict=True):
+        log.warning(
+            "predict: the segmenter lost class %r: its seeds label %.2f %% of the train pixels, the "
+            "pseudo masks under %g %% of that. Gradient clipping may have frozen it out before it was "
+            "learned: a lower seg_train.gc.tau starts clipping later",
+            name,
+            100 * seeds[c] / seeds.sum(),
+            100 * LOST_SHARE,
+        )
+    return names
+
+
 def _predict(ctx: RunContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split in ctx.cfg.predict.splits:
         pred_dir = predict_split(
             ctx, ctx.layout.seg_model, split, ctx.layout.pred(split), crf=ctx.cfg.predict.crf
         )
+        if split == ctx.cfg.data.train_split and ctx.dist.is_main:
+            out["lost_classes"] = _lost_classes(ctx, pred_dir)
         if not _has_gt(ctx) or split not in ctx.dataset.splits:
             continue
         is_train = split == ctx.cfg.data.train_split
@@ -211,7 +232,7 @@ def write_summary(run_dir: Path, seconds_this_call: float) -> dict[str, Any]:
         data = json.loads(marker.read_text())
         stage_seconds[name] = round(float(data["seconds"]), 1)
         for key, value in data.get("result", {}).items():
-            if isinstance(value, dict) and "miou" in value:
+            if (isinstance(value, dict) and "miou" in value) or key == "lost_classes":
                 summary[key] = value
     summary["seconds"] = round(sum(stage_seconds.values()), 1)
     summary["stage_seconds"] = stage_seconds
@@ -241,5 +262,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         if key in summary:
             extra = f"  (t = {summary[key]['threshold']:.2f})" if "threshold" in summary[key] else ""
             lines.append(f"{label:<52} {summary[key]['miou']:>6.3f}{extra}")
+    if summary.get("lost_classes"):
+        lines.append(
+            f"{'classes the segmenter lost (no GT needed)':<52} {', '.join(summary['lost_classes'])}"
+        )
     lines.append(f"{'total seconds':<52} {summary.get('seconds', 0):>6.0f}")
     return "\n".join(lines)
