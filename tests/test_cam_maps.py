@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_CAM
 
-from tests.conftest import TINY_CAM
 from weaktr.models.cam import CAMConfig, build_cam_model
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

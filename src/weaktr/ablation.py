@@ -49,9 +49,9 @@ def variants(tau: float, cell: int) -> tuple[Variant, ...]:
             phase1=True,
         ),
         Variant(
-            "aaf_one_unit",
-            "AAF with one hidden unit, as the documented reduction 8 gives 8 maps (the demo's 4 need 4)",
-            ("cam_model.aaf_reduction=4",),
+            "aaf_reduction_8",
+            "AAF at the documented reduction 8 (on the demo's 8 maps: one hidden unit, not 4)",
+            ("cam_model.aaf_reduction=8",),
             phase1=True,
         ),
         Variant(
