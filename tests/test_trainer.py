@@ -22,6 +22,7 @@ from weaktr.cli import main
 from weaktr.data.info import DatasetInfo
 from weaktr.engine.state import STATE_KEY
 from weaktr.io import load_checkpoint
+from weaktr.runtime.context import cpu_bf16_native
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ PHASES = {
         "cam_train",
         tc,
         "cam_loss",
-        "lower cam_train.lr or turn off cam_train.amp",  # the demo config trains phase 1 in bf16
+        # the demo config trains phase 1 in bf16 where the CPU has native bf16, else in float32
+        "lower cam_train.lr" + (" or turn off cam_train.amp" if cpu_bf16_native() else ""),
         lambda d, run: ["--config", "demo", *test_train_cam.tiny_overrides(d.root / "dataset.yaml", run)],
     ),
     "seg": Phase(
