@@ -216,7 +216,7 @@ class RunConfig:
     run_dir: str = "runs/voc"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    amp_cpu: bool = False  # allow bf16 autocast on CPU too (normally AMP is a CUDA speed option)
+    amp_cpu: bool = False  # bf16 autocast also on CPUs with native bf16 (see RunContext.amp)
     tensorboard: bool = True  # also write RUN_DIR/tb when tensorboard is installed (JSONL stays the record)
     data: DataConfig = field(default_factory=DataConfig)
     cam_train: CamTrainConfig = field(default_factory=CamTrainConfig)
