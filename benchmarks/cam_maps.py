@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from weaktr.data.info import DatasetInfo
-from weaktr.evaluation.metrics import confusion_counts
+from weaktr.evaluation.metrics import confusion_counts, scores_from_counts
 from weaktr.models.cam import CAMNet, load_cam_model
 from weaktr.models.timm_factory import normalisation, normalise
 
@@ -50,7 +50,8 @@ def map_cams(model: CAMNet, images: torch.Tensor) -> dict[str, torch.Tensor]:
 def best_threshold_ious(
     cams: torch.Tensor, labels: torch.Tensor, gts: np.ndarray
 ) -> tuple[float, np.ndarray]:
-    """(threshold, per-class IoU incl. background) of the best mIoU over THRESHOLDS.
+    """(threshold, per-class IoU incl. background) of the best mIoU over THRESHOLDS, scored as the
+    pipeline scores (:func:`scores_from_counts`: NaN for a class neither predicted nor present).
 
     ``cams`` (B, C, h, w) on the patch grid, ``labels`` (B, C) 0/1, ``gts`` (B, H, W) uint8 masks.
     """
@@ -64,9 +65,8 @@ def best_threshold_ious(
     for t in THRESHOLDS:
         pred = torch.cat([torch.full_like(cams[:, :1], float(t)), cams], 1).argmax(1).numpy()
         cm = confusion_counts(pred.astype(np.int64), gts.astype(np.int64), n)[:, :n]
-        tp = np.diag(cm).astype(float)
-        iou = tp / np.maximum(cm.sum(0) + cm.sum(1) - tp, 1)
-        if best is None or iou.mean() > best[1].mean():
+        iou = np.array(scores_from_counts(cm.sum(0), cm.sum(1), np.diag(cm))["iou"])
+        if best is None or np.nanmean(iou) > np.nanmean(best[1]):
             best = (float(t), iou)
     assert best is not None
     return best
@@ -92,8 +92,12 @@ def main() -> None:
     rows = {}
     for name, cams in map_cams(model, images).items():
         t, iou = best_threshold_ious(cams, labels, gts)
-        rows[name] = {"threshold": t, "miou": float(iou.mean()), "iou": [round(float(v), 3) for v in iou]}
-        print(f"{name:5s} t={t:.2f} mIoU {iou.mean():.3f}  " + " ".join(f"{v:.2f}" for v in iou))
+        rows[name] = {
+            "threshold": t,
+            "miou": float(np.nanmean(iou)),
+            "iou": [round(float(v), 3) for v in iou],
+        }
+        print(f"{name:5s} t={t:.2f} mIoU {np.nanmean(iou):.3f}  " + " ".join(f"{v:.2f}" for v in iou))
     print(
         json.dumps({"run": str(args.run_dir), "images": len(ids), "classes": info.class_names, "maps": rows})
     )

@@ -46,6 +46,7 @@ def test_a_cam_on_the_object_scores_one_and_a_flat_cam_does_not(maps: ModuleType
     exact[0, 0, :8, :8] = 1.0
     t, iou = maps.best_threshold_ious(exact, labels, gts)
     assert iou[:2].tolist() == [1.0, 1.0] and 0.1 <= t < 0.9
+    assert np.isnan(iou[2])  # absent and never predicted: NaN, as the pipeline scores it
     flat = torch.ones(1, 2, 16, 16)
     _, iou_flat = maps.best_threshold_ious(flat, labels, gts)
     assert iou_flat[1] < 1.0

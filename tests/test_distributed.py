@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from weaktr.config import RunConfig
 from weaktr.errors import InputError
 from weaktr.runtime import distributed as D
-from weaktr.runtime.context import RunContext, cpu_bf16_native
+from weaktr.runtime.context import RunContext, _warn_emulated_bf16, cpu_bf16_native
 
 
 def test_single_process_fallbacks(monkeypatch):
@@ -73,6 +73,7 @@ def test_amp_cpu_needs_native_bf16(tmp_path, monkeypatch, caplog, avx512_bf16, a
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu_bf16_native.cache_clear()
+    _warn_emulated_bf16.cache_clear()
     try:
         ctx = RunContext(
             RunConfig(amp_cpu=True), tmp_path, None, D.DistInfo(0, 1, 0, torch.device("cpu"), True)
@@ -83,6 +84,7 @@ def test_amp_cpu_needs_native_bf16(tmp_path, monkeypatch, caplog, avx512_bf16, a
         assert len(warnings) == (0 if native else 1)
     finally:
         cpu_bf16_native.cache_clear()
+        _warn_emulated_bf16.cache_clear()
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from weaktr.data.sampling import spread
 from weaktr.errors import InputError
-from weaktr.evaluation.lost_classes import LOST_SHARE, class_pixels, lost_classes
+from weaktr.evaluation.lost_classes import check_lost_classes
 from weaktr.io import write_json
 from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
@@ -119,27 +119,14 @@ def _seeds(ctx: RunContext) -> dict[str, Any]:
     return out
 
 
+def _seed_labels(ctx: RunContext) -> Path:
+    """The seeds the segmenter trains on: after the label CRF when seeds.crf is on."""
+    return ctx.layout.seeds(ctx.cfg.seeds.crf)
+
+
 def _train_seg(ctx: RunContext) -> dict[str, Any]:
     gt = ctx.dataset.path(ctx.dataset.masks) if _has_gt(ctx) else None
-    return {"model": str(train_seg(ctx, ctx.layout.seeds(ctx.cfg.seeds.crf), gt_dir=gt))}
-
-
-def _lost_classes(ctx: RunContext, pred_dir: Path) -> list[str]:
-    """Names of the classes the seeds label but the pseudo masks lost (see weaktr.evaluation.lost_classes)."""
-    ids, n = ctx.dataset.ids(ctx.cfg.data.train_split), ctx.dataset.num_classes
-    seeds = class_pixels(ctx.layout.seeds(ctx.cfg.seeds.crf), ids, n)
-    lost = lost_classes(seeds, class_pixels(pred_dir, ids, n))
-    names = [ctx.dataset.class_names[c] for c in lost]
-    for c, name in zip(lost, names, strict=True):
-        log.warning(
-            "predict: the segmenter lost class %r: its seeds label %.2f %% of the train pixels, the "
-            "pseudo masks under %g %% of that. Gradient clipping may have frozen it out before it was "
-            "learned: a lower seg_train.gc.tau starts clipping later",
-            name,
-            100 * seeds[c] / seeds.sum(),
-            100 * LOST_SHARE,
-        )
-    return names
+    return {"model": str(train_seg(ctx, _seed_labels(ctx), gt_dir=gt))}
 
 
 def _predict(ctx: RunContext) -> dict[str, Any]:
@@ -149,7 +136,10 @@ def _predict(ctx: RunContext) -> dict[str, Any]:
             ctx, ctx.layout.seg_model, split, ctx.layout.pred(split), crf=ctx.cfg.predict.crf
         )
         if split == ctx.cfg.data.train_split and ctx.dist.is_main:
-            out["lost_classes"] = _lost_classes(ctx, pred_dir)
+            ids = ctx.dataset.ids(split)
+            out["lost_classes"] = check_lost_classes(
+                _seed_labels(ctx), pred_dir, ids, ctx.dataset.class_names
+            )
         if not _has_gt(ctx) or split not in ctx.dataset.splits:
             continue
         is_train = split == ctx.cfg.data.train_split

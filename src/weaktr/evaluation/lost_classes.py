@@ -10,6 +10,7 @@ that failure without any mask.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from weaktr.evaluation.metrics import read_label_png
 
+log = logging.getLogger("weaktr")
 # A class is lost when its pseudo masks keep less than this share of the pixels its seeds label.
 LOST_SHARE = 0.05
 
@@ -37,3 +39,22 @@ def lost_classes(seed_pixels: np.ndarray, pred_pixels: np.ndarray, share: float 
         for c in range(1, len(seed_pixels))
         if seed_pixels[c] > 0 and pred_pixels[c] < share * seed_pixels[c]
     ]
+
+
+def check_lost_classes(
+    seed_dir: Path, pred_dir: Path, ids: Sequence[str], class_names: Sequence[str]
+) -> list[str]:
+    """Names of the classes the seeds in ``seed_dir`` label but the masks in ``pred_dir`` lost, each
+    also logged as a warning that says what to try."""
+    seeds = class_pixels(seed_dir, ids, len(class_names))
+    lost = lost_classes(seeds, class_pixels(pred_dir, ids, len(class_names)))
+    for c in lost:
+        log.warning(
+            "predict: the segmenter lost class %r: its seeds label %.2f %% of the train pixels, the "
+            "pseudo masks under %g %% of that. Gradient clipping may have frozen it out before it was "
+            "learned: a lower seg_train.gc.tau starts clipping later",
+            class_names[c],
+            100 * seeds[c] / seeds.sum(),
+            100 * LOST_SHARE,
+        )
+    return [class_names[c] for c in lost]

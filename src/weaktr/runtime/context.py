@@ -30,17 +30,20 @@ log = logging.getLogger("weaktr")
 
 
 @functools.cache
-def cpu_bf16_native(warn: bool = False) -> bool:
-    """Whether this CPU has bf16 matmul units (AVX512-BF16 or AMX); ``warn`` logs once when it has not.
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bf16 matmul units (AVX512-BF16 or AMX), by torch.cpu's own probes.
 
     Without them oneDNN emulates bf16: on an AVX2 EPYC a bf16 matmul ran at 0.9 GFLOP/s against 165 in
-    float32, which would turn the 10-minute demo into hours. The checks are torch.cpu's own probes.
+    float32, which would turn the 10-minute demo into hours.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-    if not native and warn:
-        log.warning("amp_cpu: this CPU has no native bf16 (AVX512-BF16 or AMX), so the CPU runs float32")
-    return native
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+@functools.cache
+def _warn_emulated_bf16() -> None:
+    """Said once per process: amp_cpu asked for bf16 that this CPU would only emulate."""
+    log.warning("amp_cpu: this CPU has no native bf16 (AVX512-BF16 or AMX), so the CPU runs float32")
 
 
 @dataclass
@@ -77,7 +80,9 @@ class RunContext:
             return False
         if self.device.type == "cuda":
             return True
-        return self.cfg.amp_cpu and cpu_bf16_native(warn=True)
+        if self.cfg.amp_cpu and not cpu_bf16_native():
+            _warn_emulated_bf16()
+        return self.cfg.amp_cpu and cpu_bf16_native()
 
 
 def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
