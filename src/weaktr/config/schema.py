@@ -145,7 +145,6 @@ class SegTrainConfig:
     seed: int = 0
     amp: bool = False  # the authors trained phase 2 in float32
     num_workers: int = 4
-    # as cam_train.pretrained, or 'cam': the encoder starts from this run's trained CAM ViT
     pretrained: str | None = "hub"
     # 'gt_val' keeps the epoch with the best val mIoU (GT-based); the authors' docs evaluate the last
     select_checkpoint: Literal["last", "gt_val"] = "last"

@@ -36,7 +36,6 @@ from weaktr.evaluation.metrics import ConfusionMatrix
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter, param_groups, save_segmenter
 from weaktr.models.timm_factory import normalisation
-from weaktr.models.warm_start import CAM_START, init_encoder_from_cam
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import shard
 from weaktr.runtime.logging import progress
@@ -190,12 +189,7 @@ class SegTrainer(EpochTrainer):
         )
         self.seed_epoch(0)
         pretrained = None if self.files.state.is_file() else st.pretrained
-        from_cam = pretrained is not None and str(pretrained).lower() == CAM_START
-        self.seg_model = build_segmenter(seg_cfg, None if from_cam else pretrained)
-        if from_cam:
-            init_encoder_from_cam(self.seg_model, lay.cam_model)
-            log.info("train-seg: encoder starts from the CAM backbone %s", lay.cam_model)
-        self.seg_model.to(ctx.device)
+        self.seg_model = build_segmenter(seg_cfg, pretrained).to(ctx.device)
         self.model = self.seg_model
         self.optimizer = build_sgd(
             param_groups(self.model, st.lr, st.encoder_lr_scale),
