@@ -17,6 +17,11 @@ idle 2-core machine of the kind this runs on):
   (fp32, bf16, authors' way) go in interleaved rounds, and the table gives the median of the
   same-round ratios with their range, so a load change between runs does not skew the ratio.
 
+bf16 (the train step's ``--train-bf16``, the bf16 inferences, the ``torch_bf16`` backend) is timed on
+CUDA and on a CPU with AVX512-BF16 or AMX only (``common.precisions``; ``--force-bf16`` times it
+anyway): elsewhere oneDNN emulates it ~100× slower. Then the results lack those timings and carry a
+top-level ``"bf16_skipped"`` (the reason); the table lists each as "skipped (no native bf16)".
+
 Wall and CPU time are both recorded, with the load average before and after: on a shared machine
 the wall time of a step grows with the load, so compare ratios. Writes benchmarks/results/bench_seg.json.
 
@@ -38,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import machine, measure, measure_rounds, paired_ratios
+from common import BF16_SKIPPED, machine, measure, measure_rounds, paired_ratios, precisions
 from seg_backends import bench_backends
-from targets import AGREEMENT_MIN
+from targets import AGREEMENT_MIN, BF16_SKIPPED_CELL
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
@@ -59,6 +64,14 @@ from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 AUTHORS = {"train_step": 7.3, "infer_1scale": 1.8, "infer_6scale_flip_ens": 32.0, "crf_1": 0.84}
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_seg.json"
 CPU = torch.device("cpu")
+# a float32 timing and its bf16 twin, which a run on a CPU without native bf16 skips (table: skipped rows)
+BF16_TWINS = {
+    "train_step": "train_step_bf16",
+    "infer_1scale": "infer_1scale_bf16",
+    "infer_6scale_flip_ens": "infer_6scale_flip_ens_bf16",
+    "backend_1scale_torch_fused": "backend_1scale_torch_bf16",
+    "backend_6scale_flip_ens_torch_fused": "backend_6scale_flip_ens_torch_bf16",
+}
 # --tiny: a one-block segmenter on 32² crops, for dry runs of the script (its timings mean nothing)
 TINY_SEG = SegConfig(image_size=32, embed_dim=32, depth=1, num_heads=2)
 
@@ -169,7 +182,9 @@ def authors_way_probs(
     return sums[0] / n + 0.8 * sums[1] / n
 
 
-def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[str, Any]:
+def bench_inference(repeats: int, ms_repeats: int, window_batch: int, bf16: bool = True) -> dict[str, Any]:
+    """1-scale and 6-scale × flip + ensemble inference on the CPU, in float32 and (``bf16``) bf16,
+    the 6-scale runs in interleaved rounds with the authors' way; bf16 with its pixel agreement."""
     torch.manual_seed(0)
     model = build_segmenter(SegConfig()).eval()
     image = blob_image()
@@ -186,28 +201,30 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int) -> dict[st
 
     one = dict(scales=(1.0,), flip=False, ensemble_weight=None)
     out["infer_1scale"] = measure(run("1scale", **one), repeats)
-    out["infer_1scale_bf16"] = measure(run("1scale_bf16", amp=True, **one), repeats)
+    if bf16:
+        out["infer_1scale_bf16"] = measure(run("1scale_bf16", amp=True, **one), repeats)
 
     def authors_way() -> None:
         preds["authors_way"] = authors_way_probs(model, image).argmax(0)
 
     # interleaved rounds: each round's authors' way / ours is a same-load ratio
-    six = measure_rounds(
-        {
-            "infer_6scale_flip_ens": run("6scale", amp=False),
-            "infer_6scale_flip_ens_bf16": run("6scale_bf16", amp=True),
-            "infer_6scale_flip_ens_authors_way": authors_way,
-        },
-        ms_repeats,
-    )
+    fns = {
+        "infer_6scale_flip_ens": run("6scale", amp=False),
+        "infer_6scale_flip_ens_bf16": run("6scale_bf16", amp=True),
+        "infer_6scale_flip_ens_authors_way": authors_way,
+    }
+    if not bf16:
+        del fns["infer_6scale_flip_ens_bf16"]
+    six = measure_rounds(fns, ms_repeats)
     here = six["infer_6scale_flip_ens_authors_way"]
     for key in ("infer_6scale_flip_ens", "infer_6scale_flip_ens_bf16"):
-        six[key]["authors_way_ratios"] = paired_ratios(here, six[key])
+        if key in six:
+            six[key]["authors_way_ratios"] = paired_ratios(here, six[key])
     out.update(six)
     same = (preds["authors_way"] == preds["6scale"]).float().mean().item()
     out["infer_6scale_flip_ens_authors_way"]["agreement"] = same
     out["infer_6scale_flip_ens_authors_way"]["counts"] = same >= AGREEMENT_MIN
-    for name in ("1scale", "6scale"):
+    for name in ("1scale", "6scale") if bf16 else ():
         agree = (preds[name] == preds[f"{name}_bf16"]).float().mean().item()
         key = "infer_1scale_bf16" if name == "1scale" else "infer_6scale_flip_ens_bf16"
         out[key].update(agreement=agree, counts=agree >= AGREEMENT_MIN)
@@ -238,11 +255,25 @@ def bench_crf(repeats: int) -> dict[str, Any]:
     return out
 
 
+def skipped_twin(results: dict[str, Any], key: str) -> str | None:
+    """The bf16 twin of timing ``key`` when this run skipped it for want of native bf16, else None.
+
+    The train step's twin counts only when ``--train-bf16`` asked for it (``settings.train_bf16``).
+    """
+    twin = BF16_TWINS.get(key)
+    if not results.get("bf16_skipped") or twin is None or twin in results["timings"]:
+        return None
+    if key == "train_step" and not results.get("settings", {}).get("train_bf16"):
+        return None
+    return twin
+
+
 def table(results: dict[str, Any]) -> str:
     """Markdown: ours (wall, CPU), the authors' figure, and their/our wall-time ratio, raw and CRF-scaled.
 
     The softmax CRF is the same pydensecrf code in both implementations, so ours / theirs for it
-    measures the machine (and its load); the scaled ratio divides that out.
+    measures the machine (and its load); the scaled ratio divides that out. A bf16 twin that the
+    run skipped (``"bf16_skipped"``: no native bf16 on its CPU) gets a row saying so, not a number.
     """
     timings = results["timings"]
     machine_factor = timings["crf_1"]["wall_s"] / AUTHORS["crf_1"] if "crf_1" in timings else None
@@ -276,6 +307,10 @@ def table(results: dict[str, Any]) -> str:
             f"| {key} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {base or ''} | {ratio} | {scaled} | {same} "
             f"| {note} |"
         )
+        if (twin := skipped_twin(results, key)) is not None:
+            rows.append(f"| {twin} | {BF16_SKIPPED_CELL} |  |  |  |  |  | not measured |")
+    if results.get("bf16_skipped"):
+        rows += ["", f"bf16 skipped: {results['bf16_skipped']}"]
     loads = results.get("backend_loads", {})
     if loads:
         rows += ["", "| backend | load wall s | load CPU s | note |", "|---|---|---|---|"]
@@ -305,6 +340,11 @@ def main() -> None:
         "--device", default="cpu", choices=["cpu", "cuda"], help="where the train section runs (others: CPU)"
     )
     parser.add_argument("--train-bf16", action="store_true", help="also time the step in bf16 autocast")
+    parser.add_argument(
+        "--force-bf16",
+        action="store_true",
+        help="time bf16 even on a CPU that only emulates it (no AVX512-BF16 or AMX): ~100x slower",
+    )
     parser.add_argument("--tiny", action="store_true", help="train section: a tiny model, for dry runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--show", type=Path, metavar="JSON", help="only print the table of a results file")
@@ -328,6 +368,7 @@ def main() -> None:
             "window_batch": args.window_batch,
             "train_device": args.device,
             "train_tiny": args.tiny,
+            "train_bf16": args.train_bf16,
             "rounds_1": args.rounds_1,
             "rounds_6": args.rounds_6,
         },
@@ -335,14 +376,27 @@ def main() -> None:
         "timings": timings,
     }
 
+    def bf16_on(device: torch.device) -> bool:
+        """Whether to time bf16 on ``device``; a skip is recorded in the results (and said once)."""
+        if "bf16" in precisions(device, args.force_bf16):
+            return True
+        results["bf16_skipped"] = BF16_SKIPPED
+        return False
+
+    def train() -> dict[str, Any]:
+        device = torch.device(args.device)
+        return bench_train(args.repeats, device, args.train_bf16 and bf16_on(device), args.tiny)
+
     def backends() -> dict[str, Any]:
-        found, loads = bench_backends(blob_image(), args.rounds_1, args.rounds_6, args.window_batch)
+        found, loads = bench_backends(
+            blob_image(), args.rounds_1, args.rounds_6, args.window_batch, bf16=bf16_on(CPU)
+        )
         results["backend_loads"] = loads
         return {f"backend_{k}": v for k, v in found.items()}
 
     sections = {
-        "train": lambda: bench_train(args.repeats, torch.device(args.device), args.train_bf16, args.tiny),
-        "infer": lambda: bench_inference(args.repeats, args.ms_repeats, args.window_batch),
+        "train": train,
+        "infer": lambda: bench_inference(args.repeats, args.ms_repeats, args.window_batch, bf16_on(CPU)),
         "backends": backends,
         "crf": lambda: bench_crf(args.repeats),
     }

@@ -1,4 +1,4 @@
-"""What both benchmark scripts need: a description of the machine and a wall + CPU timer."""
+"""What the benchmark scripts need: a description of the machine, a wall + CPU timer, the precisions."""
 
 from __future__ import annotations
 
@@ -12,6 +12,29 @@ from typing import Any
 
 import timm
 import torch
+
+from weaktr.runtime.context import cpu_bf16_native
+
+# why a result file has no bf16 entries (its top-level "bf16_skipped"; tables: targets.BF16_SKIPPED_CELL)
+BF16_SKIPPED = (
+    "no native bf16 on this CPU (no AVX512-BF16 or AMX): oneDNN would emulate it, ~100x slower than float32"
+)
+_told: set[str] = set()
+
+
+def precisions(device: torch.device | str, force: bool = False) -> tuple[str, ...]:
+    """The precisions worth timing on ``device``: float32, and bf16 on CUDA or on a CPU that has it.
+
+    Emulated bf16 (a CPU without AVX512-BF16 or AMX) runs ~100x slower than float32, so timing it
+    would take hours and measure oneDNN's emulation; ``force`` times it anyway (dry runs of the
+    bf16 code path). The first skip in a process prints one line saying why.
+    """
+    if force or torch.device(device).type == "cuda" or cpu_bf16_native():
+        return ("float32", "bf16")
+    if not _told:
+        _told.add(BF16_SKIPPED)
+        print(f"bf16 skipped: {BF16_SKIPPED}", flush=True)
+    return ("float32",)
 
 
 def machine() -> dict[str, Any]:

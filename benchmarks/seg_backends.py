@@ -4,7 +4,8 @@ Variants (each its own copy of one random-init model, so their CPU contexts do n
 
 - ``torch_plain``: PyTorch with ``fused_cpu=False`` (timm's own block forward);
 - ``torch_fused``: PyTorch with the self-checked private oneDNN block forward (models/cpu_blocks);
-- ``torch_bf16``: ``amp=True`` (bf16 encoder; fused only where the bf16 self-check passes);
+- ``torch_bf16``: ``amp=True`` (bf16 encoder; fused only where the bf16 self-check passes); left out
+  (``bf16=False``) where the CPU has no native bf16, as bench_seg.py decides;
 - ``torch_compile``: the plain model's ``forward_masks`` under ``torch.compile`` with frozen weights;
 - ``ort_fp32``: the ``weaktr export-model`` file in onnxruntime;
 - ``ort_int8``: that file with dynamically quantised int8 MatMul weights (onnxruntime.quantization);
@@ -56,8 +57,9 @@ def _seconds(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     return value, {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(cpu_seconds() - cpu, 3)}
 
 
-def build_variants(work: Path, stack: ExitStack) -> dict[str, Variant]:
-    """Save a random DeiT-S segmenter, export and convert it, and load every variant (timed)."""
+def build_variants(work: Path, stack: ExitStack, bf16: bool = True) -> dict[str, Variant]:
+    """Save a random DeiT-S segmenter, export and convert it, and load every variant (timed);
+    ``torch_bf16`` only with ``bf16`` (emulated bf16 would take hours and measure the emulation)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -67,11 +69,13 @@ def build_variants(work: Path, stack: ExitStack) -> dict[str, Variant]:
     save_segmenter(ckpt, build_segmenter(SegConfig()).eval())
     cpu = torch.device("cpu")
     out: dict[str, Variant] = {}
-    for name, fields in (
+    torch_variants: list[tuple[str, dict[str, Any]]] = [
         ("torch_plain", {"fused_cpu": False}),
         ("torch_fused", {"fused_cpu": True}),
-        ("torch_bf16", {"fused_cpu": True, "amp": True}),
-    ):
+    ]
+    if bf16:
+        torch_variants.append(("torch_bf16", {"fused_cpu": True, "amp": True}))
+    for name, fields in torch_variants:
         settings = InferenceSettings(**fields)
 
         def ready(s: InferenceSettings = settings) -> torch.nn.Module:
@@ -121,14 +125,16 @@ def _compiled(ckpt: Path) -> Variant:
 
 
 def bench_backends(
-    image: np.ndarray, rounds_1: int, rounds_6: int, window_batch: int
+    image: np.ndarray, rounds_1: int, rounds_6: int, window_batch: int, bf16: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(timings, loads): 1-scale and 6-scale × flip (ensemble) rounds with agreements; load times."""
+    """(timings, loads): 1-scale and 6-scale × flip (ensemble) rounds with agreements; load times.
+
+    ``bf16=False`` leaves ``torch_bf16`` out (a CPU without native bf16)."""
     one = InferenceSettings(scales=(1.0,), flip=False, ensemble_weight=None, window_batch=window_batch)
     six = InferenceSettings(window_batch=window_batch)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        variants = build_variants(Path(tmp), stack)
+        variants = build_variants(Path(tmp), stack, bf16)
         names = list(variants)
         for label, base, rounds in (("1scale", one, rounds_1), ("6scale_flip_ens", six, rounds_6)):
             preds: dict[str, torch.Tensor] = {}

@@ -2,7 +2,9 @@
 
 The two benchmark scripts print separate tables with different columns, from runs that may come from
 different machines; this puts each ratio in one row beside the machine and load it was measured
-under. It reads JSON only (no torch), so it runs in a fraction of a second.
+under. It reads JSON only (no torch), so it runs in a fraction of a second. A file whose run skipped
+bf16 (top-level ``"bf16_skipped"``: a CPU without native bf16) gets bf16 rows saying so, their
+targets "not measured"; files with bf16 entries read as before.
 
     python benchmarks/summary.py [--cam FILE] [--seg FILE] [--authors FILE] [--out FILE.md]
 """
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from targets import AGREEMENT_MIN, AUTHORS, CAM_TARGETS
+from targets import AGREEMENT_MIN, AUTHORS, BF16_SKIPPED_CELL, CAM_TARGETS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRECISIONS = (("fp32", "float32", ""), ("bf16", "bf16", "_bf16"))  # label, bench_cam key, bench_seg suffix
@@ -82,6 +84,11 @@ def row(
     return [*cells, same, verdict]
 
 
+def skipped_row(measure: str, verdict: str = "not measured") -> list[str]:
+    """A bf16 row the run skipped for want of native bf16: no figure, so no ratio and no verdict met."""
+    return [measure, "bf16", BF16_SKIPPED_CELL, "", "", "", verdict]
+
+
 def agreement(value: float | None, what: str) -> tuple[bool, str]:
     """Whether a bf16 result counts, and what to say about its agreement with float32."""
     if value is None:
@@ -93,16 +100,22 @@ def agreement(value: float | None, what: str) -> tuple[bool, str]:
 
 def cam_rows(res: dict[str, Any], authors: dict[str, float | None]) -> list[list[str]]:
     """Training step and CAM generation; the generation ratios as bench_cam.py's verdict computes them."""
-    rows = [
-        row("CAM training step, b8 224²", prec, res["train_step"][key], authors["cam_train_step"])
-        for prec, key, _ in PRECISIONS
-        if key in res.get("train_step", {})
-    ]
+    skipped = bool(res.get("bf16_skipped"))
+    rows, step = [], "CAM training step, b8 224²"
+    for prec, key, _ in PRECISIONS:
+        if key in res.get("train_step", {}):
+            rows.append(row(step, prec, res["train_step"][key], authors["cam_train_step"]))
+        elif prec == "bf16" and skipped:
+            rows.append(skipped_row(step))
     cam = res.get("cam_gen", {})
+    label = "multi-scale CAM generation 1.0/1.2 + flips"
     theirs = cam.get("theirs_float32")  # the re-enactment (files from before 2026-12-04 have none)
     for prec, key, _ in PRECISIONS:
         ours = cam.get(f"ours_{key}") or cam.get(key)
         if ours is None:
+            if prec == "bf16" and skipped and cam:
+                target = CAM_TARGETS[key]
+                rows.append(skipped_row(label, f"≥ {target:g}× against the re-enactment: not measured"))
             continue
         same = pairs = None
         if theirs:  # ratio of the medians, as bench_cam's verdict; its rounds give the range
@@ -118,7 +131,6 @@ def cam_rows(res: dict[str, Any], authors: dict[str, float | None]) -> list[list
         else:
             verdict = f"≥ {target:g}× against the re-enactment: {'met' if same >= target else 'missed'}"
             verdict += f"; {note}" if note else ""
-        label = "multi-scale CAM generation 1.0/1.2 + flips"
         rows.append(row(label, prec, ours, authors["cam_gen"], ratio(same, pairs), verdict))
     return rows
 
@@ -128,13 +140,16 @@ def seg_rows(res: dict[str, Any], authors: dict[str, float | None]) -> list[list
     t = res.get("timings", {})
     s = res.get("settings", {})
     where = " (tiny dry run)" if s.get("train_tiny") else " (CUDA)" if s.get("train_device") == "cuda" else ""
+    skipped = bool(res.get("bf16_skipped"))
     rows = []
     way = t.get("train_step_authors_way")
+    label = f"segmenter training step, b4 480² + GC loss{where}"
     for prec, _, suffix in PRECISIONS:
         if r := t.get(f"train_step{suffix}"):
             same = ratio(way["wall_s"] / r["wall_s"]) if way else ""
-            label = f"segmenter training step, b4 480² + GC loss{where}"
             rows.append(row(label, prec, r, authors["seg_train_step"], same))
+        elif prec == "bf16" and skipped and s.get("train_bf16") and "train_step" in t:
+            rows.append(skipped_row(label))
     way = t.get("infer_6scale_flip_ens_authors_way")
     for key, label, authors_s in (
         ("infer_1scale", "1-scale inference, 500×375", authors["infer_1scale"]),
@@ -142,6 +157,8 @@ def seg_rows(res: dict[str, Any], authors: dict[str, float | None]) -> list[list
     ):
         for prec, _, suffix in PRECISIONS:
             if not (r := t.get(key + suffix)):
+                if prec == "bf16" and skipped and key in t:
+                    rows.append(skipped_row(label))
                 continue
             pairs = r.get("authors_way_ratios")
             same = statistics.median(pairs) if pairs else None
@@ -183,6 +200,9 @@ def summary(cam: Path, seg: Path, authors_file: Path | None = None) -> str:
         source("phase 2 (bench_seg)", seg, results[seg]),
         f"- authors' figures (float32, s; {where}): {figures}",
     ]
+    for label, path in (("phase 1", cam), ("phase 2", seg)):
+        if reason := results[path].get("bf16_skipped"):
+            lines.append(f"- {label}: bf16 not timed, {reason}")
     cpus = [r.get("machine", {}) for r in results.values()]
     if len({(m.get("cpu"), m.get("cpu_capability")) for m in cpus}) > 1:
         lines.append(

@@ -65,6 +65,19 @@ def seg_results(cpu: str = "Test Xeon") -> dict[str, Any]:
     }
 
 
+REASON = "no native bf16 on this CPU (no AVX512-BF16 or AMX)"
+SKIPPED = "skipped (no native bf16)"
+
+
+def without_bf16(cam: dict[str, Any], seg: dict[str, Any], train_bf16: bool) -> None:
+    """The results as a run on a CPU without native bf16 writes them: no bf16 entry, the reason why."""
+    del cam["train_step"]["bf16"], cam["cam_gen"]["ours_bf16"], cam["cam_gen"]["theirs_bf16"]
+    del cam["bf16_seed_agreement"]
+    del seg["timings"]["infer_1scale_bf16"], seg["timings"]["infer_6scale_flip_ens_bf16"]
+    seg["settings"]["train_bf16"] = train_bf16  # asked for the step's bf16 twin too
+    cam["bf16_skipped"] = seg["bf16_skipped"] = REASON
+
+
 def write(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data))
     return path
@@ -113,6 +126,28 @@ def test_ratios_verdicts_and_sources(summary: ModuleType, tmp_path: Path) -> Non
     assert "load 0.50/0.40/0.30 → 1.00/0.90/0.80" in text
     assert "load 0.10/0.20/0.30 → 0.40/0.50/0.60" in text
     assert "different CPUs" not in text
+    assert SKIPPED not in text and "not timed" not in text  # files with bf16 entries read as ever
+
+
+@pytest.mark.parametrize("train_bf16", [True, False])
+def test_a_run_without_native_bf16_shows_its_bf16_rows_as_skipped_and_not_measured(
+    summary: ModuleType, tmp_path: Path, train_bf16: bool
+) -> None:
+    cam_res, seg_res = cam_results(), seg_results()
+    without_bf16(cam_res, seg_res, train_bf16)
+    text = summary.summary(write(tmp_path / "cam.json", cam_res), write(tmp_path / "seg.json", seg_res))
+    table = rows(text)
+    verdict = "≥ 3× against the re-enactment: not measured"
+    assert table[(CAM_GEN, "bf16")][2:] == [SKIPPED, "", "", "", verdict]
+    assert table[(CAM_GEN, "fp32")][2:5] == ["1.15 (2.30)", "4.60", "4.00×"]  # float32 as before
+    step = "segmenter training step, b4 480² + GC loss"
+    skipped = ["CAM training step, b8 224²", "1-scale inference, 500×375", SIX]
+    for measure in [*skipped, step] if train_bf16 else skipped:
+        assert table[(measure, "bf16")][2:] == [SKIPPED, "", "", "", "not measured"]
+    assert ((step, "bf16") in table) == train_bf16  # a skip row only for what the run was asked for
+    assert not any("met" in cells[6] for (_, prec), cells in table.items() if prec == "bf16")
+    assert f"- phase 1: bf16 not timed, {REASON}" in text
+    assert f"- phase 2: bf16 not timed, {REASON}" in text
 
 
 def test_bf16_cam_generation_under_the_agreement_bar_does_not_count(
