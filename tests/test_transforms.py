@@ -161,3 +161,26 @@ def test_hsv_round_trip_and_opencv_units():
     pure = torch.eye(3).mul(255.0)[:, :, None, None]  # red, green, blue
     hues = [_rgb_to_hsv(c)[:, 0, 0].tolist() for c in pure]
     assert hues == [[0.0, 255.0, 255.0], [60.0, 255.0, 255.0], [120.0, 255.0, 255.0]]  # OpenCV: H in 0..180
+
+
+def test_cat_max_ratio_does_not_count_ignored_pixels():
+    # mostly ignore (255) with two equal classes that every 100-px crop holds whole: the first crop
+    # drawn already satisfies the ratio, so the crop equals the unchecked one of the same generator
+    mask = np.full((100, 120), 255, np.uint8)
+    mask[0:5, 40:60], mask[5:10, 40:60] = 1, 2
+    img = np.repeat(np.arange(120, dtype=np.uint8)[None, :, None], 100, 0).repeat(3, 2)
+
+    def crop(cat_max_ratio: float, seed: int) -> torch.Tensor:
+        t = SegTrainTransform(
+            base_size=100,
+            ratio_range=(1.0, 1.0),
+            crop=100,
+            cat_max_ratio=cat_max_ratio,
+            photometric=False,
+            flip_prob=0.0,
+            generator=_gen(seed),
+        )
+        return t(img, mask)[0]
+
+    for seed in range(8):
+        torch.testing.assert_close(crop(0.75, seed), crop(1.0, seed))
