@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -19,7 +20,6 @@ from weaktr.runtime.context import cpu_bf16_native
 BF16_SKIPPED = (
     "no native bf16 on this CPU (no AVX512-BF16 or AMX): oneDNN would emulate it, ~100x slower than float32"
 )
-_told: set[str] = set()
 
 
 def precisions(device: torch.device | str, force: bool = False) -> tuple[str, ...]:
@@ -31,10 +31,14 @@ def precisions(device: torch.device | str, force: bool = False) -> tuple[str, ..
     """
     if force or torch.device(device).type == "cuda" or cpu_bf16_native():
         return ("float32", "bf16")
-    if not _told:
-        _told.add(BF16_SKIPPED)
-        print(f"bf16 skipped: {BF16_SKIPPED}", flush=True)
+    _say_bf16_skipped()
     return ("float32",)
+
+
+@functools.cache
+def _say_bf16_skipped() -> None:
+    """Said once per process, however many sections skip bf16."""
+    print(f"bf16 skipped: {BF16_SKIPPED}", flush=True)
 
 
 def machine() -> dict[str, Any]:

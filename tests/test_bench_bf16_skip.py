@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,10 +26,11 @@ def bench(monkeypatch: pytest.MonkeyPatch, name: str) -> ModuleType:
 
 
 @pytest.fixture
-def common(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+def common(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     module = bench(monkeypatch, "common")
-    monkeypatch.setattr(module, "_told", set())  # the skip line is said once per process
-    return module
+    module._say_bf16_skipped.cache_clear()  # the skip line is said once per process
+    yield module
+    module._say_bf16_skipped.cache_clear()
 
 
 def timing(wall: float, **extra: Any) -> dict[str, Any]:

@@ -74,6 +74,8 @@ def test_demo_writes_every_artefact(demo_run: Path):
         assert 0.0 <= summary[key]["miou"] <= 1.0, key
     assert summary["seconds"] > 0
     assert set(summary["stage_seconds"]) == set(STAGE_NAMES)
+    # findings only: the stages' paths (models, CAM folders, the report) stay in their markers
+    assert not {"model", "cams", "report"} & set(summary)
     # the GT-free lost-class check compares the seeds with the train split's pseudo masks
     ids = (demo_run / "data" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
     seeds, pred = (class_pixels(demo_run / d, ids, 4) for d in ("seeds_crf", "pred/train"))

@@ -101,6 +101,19 @@ def _dominant_fraction(y: torch.Tensor) -> tuple[int, float]:
     return len(labels), counts.max().item() / counts.sum().item()
 
 
+def _crop_only(base_size: int, crop: int, cat_max_ratio: float, seed: int) -> SegTrainTransform:
+    """No rescale, flip or photometric change: only the crop (and its cat_max_ratio check) varies."""
+    return SegTrainTransform(
+        base_size=base_size,
+        ratio_range=(1.0, 1.0),
+        crop=crop,
+        cat_max_ratio=cat_max_ratio,
+        photometric=False,
+        flip_prob=0.0,
+        generator=_gen(seed),
+    )
+
+
 def test_cat_max_ratio_is_respected_when_possible():
     # 200x200 with class 1 in the left 150 columns, class 2 in the right 50: a 100-px crop satisfies
     # "no class > 75 %" only when its left edge is > 75, i.e. in about a quarter of the draws.
@@ -111,16 +124,7 @@ def test_cat_max_ratio_is_respected_when_possible():
     def fractions(cat_max_ratio: float) -> list[float]:
         out = []
         for seed in range(30):
-            t = SegTrainTransform(
-                base_size=200,
-                ratio_range=(1.0, 1.0),
-                crop=100,
-                cat_max_ratio=cat_max_ratio,
-                photometric=False,
-                flip_prob=0.0,
-                generator=_gen(seed),
-            )
-            n, frac = _dominant_fraction(t(img, mask)[1])
+            n, frac = _dominant_fraction(_crop_only(200, 100, cat_max_ratio, seed)(img, mask)[1])
             out.append(frac if n > 1 else 1.0)
         return out
 
@@ -170,17 +174,6 @@ def test_cat_max_ratio_does_not_count_ignored_pixels():
     mask[0:5, 40:60], mask[5:10, 40:60] = 1, 2
     img = np.repeat(np.arange(120, dtype=np.uint8)[None, :, None], 100, 0).repeat(3, 2)
 
-    def crop(cat_max_ratio: float, seed: int) -> torch.Tensor:
-        t = SegTrainTransform(
-            base_size=100,
-            ratio_range=(1.0, 1.0),
-            crop=100,
-            cat_max_ratio=cat_max_ratio,
-            photometric=False,
-            flip_prob=0.0,
-            generator=_gen(seed),
-        )
-        return t(img, mask)[0]
-
     for seed in range(8):
-        torch.testing.assert_close(crop(0.75, seed), crop(1.0, seed))
+        checked = _crop_only(100, 100, 0.75, seed)(img, mask)[0]
+        torch.testing.assert_close(checked, _crop_only(100, 100, 1.0, seed)(img, mask)[0])

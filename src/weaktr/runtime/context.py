@@ -80,9 +80,12 @@ class RunContext:
             return False
         if self.device.type == "cuda":
             return True
-        if self.cfg.amp_cpu and not cpu_bf16_native():
-            _warn_emulated_bf16()
-        return self.cfg.amp_cpu and cpu_bf16_native()
+        if not self.cfg.amp_cpu:
+            return False
+        if cpu_bf16_native():
+            return True
+        _warn_emulated_bf16()
+        return False
 
 
 def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
