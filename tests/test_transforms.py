@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 
 from weaktr.data.transforms import (
@@ -14,6 +15,7 @@ from weaktr.data.transforms import (
     _rgb_to_hsv,
     cam_eval_transform,
     cam_train_transform,
+    posterize_authors,
 )
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -177,3 +179,45 @@ def test_cat_max_ratio_does_not_count_ignored_pixels():
     for seed in range(8):
         checked = _crop_only(100, 100, 0.75, seed)(img, mask)[0]
         torch.testing.assert_close(checked, _crop_only(100, 100, 1.0, seed)(img, mask)[0])
+
+
+def _posterize_ops(transform) -> list:
+    """The PosterizeIncreasing ops of a timm train transform's RandAugment."""
+    ra = next(t for t in transform.transforms if hasattr(t, "ops"))
+    return [op for op in ra.ops if op.name == "PosterizeIncreasing"]
+
+
+def test_randaugment_posterize_at_full_magnitude_gives_a_black_image():
+    """The authors' policy asks for 0 bits at magnitude 10, which Pillow 13 refuses; their Pillow gave
+    a black image, and so does ours (the exact op and level that crashed CAM training)."""
+    from timm.data import auto_augment
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
+    assert op.level_fn(10, op.hparams) == (0,)
+    with pytest.raises(ValueError, match="bits"):  # timm's own op on today's Pillow
+        op(img)
+    (ours,) = _posterize_ops(cam_train_transform(32, MEAN, STD, auto_augment="rand-m9-mstd0.5-inc1"))
+    ours.prob, ours.magnitude, ours.magnitude_std = 1.0, 10, 0
+    out = ours(img)
+    assert out.size == img.size and out.mode == img.mode
+    assert not np.asarray(out).any()
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_posterize_authors_equals_pillow_for_valid_bits(bits):
+    img = Image.fromarray(np.random.default_rng(bits).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    expected = img if bits == 8 else ImageOps.posterize(img, bits)
+    assert np.array_equal(np.asarray(posterize_authors(img, bits)), np.asarray(expected))
+
+
+def test_randaugment_transform_survives_thousands_of_draws():
+    """2 000 draws of the authors' setting on one image failed twice before the fix."""
+    import random
+
+    random.seed(0)
+    np.random.seed(0)
+    t = cam_train_transform(16, MEAN, STD, auto_augment="rand-m9-mstd0.5-inc1")
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    for _ in range(3000):
+        t(img)

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2 as v2
 import torchvision.transforms.v2.functional as F
-from timm.data import create_transform
+from PIL import Image, ImageOps
+from timm.data import auto_augment, create_transform
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 
@@ -39,7 +40,7 @@ def cam_train_transform(
 
     ColorJitter is not applied because an auto-augment policy is set (as in the authors' timm 0.5.4).
     """
-    return create_transform(
+    transform = create_transform(
         input_size=img_size,
         is_training=True,
         scale=scale,
@@ -54,6 +55,37 @@ def cam_train_transform(
         re_mode="pixel",
         re_count=1,
     )
+    _keep_zero_bit_posterize(transform)
+    return transform
+
+
+def posterize_authors(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize with the Pillow of the authors' runs, where keeping 0 bits gives a black image.
+
+    ``PosterizeIncreasing`` (the ``inc1`` policies) asks for 0 bits at magnitude 10, which Pillow 13
+    refuses ("bits must be between or equal to 1 and 8"): a crash every few thousand images.
+    """
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)  # every band's value & ~0xFF: all zeros
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _keep_zero_bit_posterize(transform: Any) -> None:
+    """Point the auto-augment ops of a timm train transform at :func:`posterize_authors`.
+
+    timm builds each op as an ``AugmentOp`` holding its function, so swapping that function fixes the
+    one op without forking or patching timm itself (RandAugment and AugMix keep ``ops``, AutoAugment
+    a ``policy`` of sub-policies).
+    """
+    for t in getattr(transform, "transforms", []):
+        ops = list(getattr(t, "ops", []))
+        for sub in getattr(t, "policy", []):
+            ops.extend(sub)
+        for op in ops:
+            if isinstance(op, auto_augment.AugmentOp) and op.aug_fn is auto_augment.posterize:
+                op.aug_fn = posterize_authors
 
 
 def cam_eval_transform(
