@@ -1,4 +1,5 @@
-"""CI's own scripts: .ci/run's exit status, the wheel file-list check and the wheel check's demo overrides."""
+"""CI's own scripts: .ci/run's exit status, the wheel file-list check, the wheel check's demo overrides
+and installs, and the Makefile's install from requirements.lock."""
 
 from __future__ import annotations
 
@@ -140,3 +141,36 @@ def test_ci_run_fails_when_the_tests_or_the_wheel_check_fail(
         assert proc.returncode == 1
         assert all(f"FAILED: {what}" in proc.stderr for what in failures), proc.stderr
         assert len([ln for ln in proc.stderr.splitlines() if "ci: FAILED" in ln]) == len(failures)
+
+
+def _make(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "-C", str(tmp_path), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_setup_installs_at_the_locks_versions_and_reruns_when_the_lock_changes(tmp_path: Path) -> None:
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    inputs = [tmp_path / "pyproject.toml", tmp_path / "requirements.lock"]
+    stamp = tmp_path / ".venv" / ".setup-stamp"
+    stamp.parent.mkdir()
+    for path, mtime in [*((p, 1000) for p in inputs), (stamp, 2000)]:
+        path.write_text("")
+        os.utime(path, (mtime, mtime))
+    assert _make(tmp_path, "-q", ".venv/.setup-stamp").returncode == 0  # set up, nothing newer
+    os.utime(inputs[1], (3000, 3000))
+    assert _make(tmp_path, "-q", ".venv/.setup-stamp").returncode == 1  # a new lock: install again
+    installs = [ln for ln in _make(tmp_path, "-n", "setup").stdout.splitlines() if "pip install" in ln]
+    assert installs and all("-c requirements.lock" in ln for ln in installs), installs
+
+
+def test_the_wheel_check_installs_the_bare_wheel_then_its_extras_at_the_locks_versions() -> None:
+    script = (CI / "wheel_check.sh").read_text().splitlines()
+    installs = [ln.strip() for ln in script if "pip install" in ln and "WHEEL" in ln]
+    assert [ln.split("pip install --quiet ")[-1] for ln in installs] == [
+        '-c "$LOCK" "$WHEEL"',
+        '-c "$LOCK" "${WHEEL}[crf,viz]"',
+    ]
+    assert all(ln.startswith('"$BIN/python"') for ln in installs)  # the same venv: one torch install
+    assert "LOCK=$REPO/requirements.lock" in script
