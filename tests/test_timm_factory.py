@@ -21,10 +21,15 @@ def test_resolve_pretrained_choices(tmp_path):
 
 
 def test_offline_hub_names_both_ways(monkeypatch):
+    """Both ways as the run-config override of the network's own key (tests/test_advice.py follows them)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(InputError, match="--pretrained PATH") as err:
-        create_backbone("deit_small_patch16_224", pretrained="hub", **TINY)
-    assert "HF_HUB_OFFLINE" in str(err.value)
+    with pytest.raises(InputError, match=r"override seg_train\.pretrained=PATH ") as err:
+        create_backbone("deit_small_patch16_224", pretrained="hub", setting="seg_train.pretrained", **TINY)
+    text = str(err.value)
+    assert "HF_HUB_OFFLINE" in text and "from scratch with seg_train.pretrained=null" in text
+    assert "cam_train" not in text
+    with pytest.raises(InputError, match=r"cam_train\.pretrained=PATH or seg_train\.pretrained=PATH"):
+        create_backbone("deit_small_patch16_224", pretrained="hub", **TINY)  # a caller that did not say
 
 
 def test_local_file_loads_through_timm_filter(tmp_path):

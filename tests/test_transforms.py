@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image, ImageOps
@@ -195,8 +196,9 @@ def test_randaugment_posterize_at_full_magnitude_gives_a_black_image():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     op = auto_augment.AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
     assert op.level_fn(10, op.hparams) == (0,)
-    with pytest.raises(ValueError, match="bits"):  # timm's own op on today's Pillow
-        op(img)
+    if int(PIL.__version__.split(".")[0]) >= 13:  # older Pillow made the black image itself
+        with pytest.raises(ValueError, match="bits"):
+            op(img)
     (ours,) = _posterize_ops(cam_train_transform(32, MEAN, STD, auto_augment="rand-m9-mstd0.5-inc1"))
     ours.prob, ours.magnitude, ours.magnitude_std = 1.0, 10, 0
     out = ours(img)

@@ -14,7 +14,7 @@ from typing import Any
 from weaktr.config import load_config
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, write_json
-from weaktr.pipeline import PHASE1_STAGES, STAGES, run_pipeline
+from weaktr.pipeline import PHASE1_STAGES, STAGES, require_extras, run_pipeline
 from weaktr.runtime.context import open_run
 from weaktr.runtime.layout import RunLayout
 
@@ -98,6 +98,7 @@ def run_ablations(
     names = [v.name for v in table]
     if only and (unknown := [n for n in only if n not in names]):
         raise InputError(f"unknown ablation(s) {unknown}; choose from {', '.join(names)}")
+    require_extras(load_config(config, [*overrides, "report.enabled=false"]))  # before the first run
     rows = []
     for v in table:
         if only and v.name not in only and v.name != "base":

@@ -1,56 +1,53 @@
-"""The ``weaktr`` command line: one subcommand per stage, each a thin wrapper in ``weaktr.commands``.
+"""The ``weaktr`` command line: one subcommand per module of ``weaktr.commands``.
 
 Every command module defines ``register(subparsers)``, which adds its parser and sets ``func``
-(called with the parsed namespace, returning an exit code). Bad input (``InputError``) is printed
-as one line naming the file and the problem (one per file for a failed data check), with exit code 2,
-instead of a traceback; an InputError that torch re-raises from a DataLoader worker, with the worker's
-traceback in its message, is reduced to that original line.
+(called with the parsed namespace, returning an exit code). A command module imports only what its
+parser needs; its machinery (torch, the pipeline, the stages) loads inside ``func``, so that
+``weaktr --help`` and a mistyped command answer at once.
+
+Every failure is one line, ``weaktr COMMAND: error: ...``, wherever it happened (here, in a
+DataLoader worker, a process pool or a thread pool):
+
+* bad input (:class:`~weaktr.errors.InputError`): the file or item and the problem, exit 2;
+* a bug (any other error; an :class:`~weaktr.errors.ItemError` names the image a worker was on):
+  the cause, exit 1; the full traceback goes to the run's ``log.txt``, and ``WEAKTR_DEBUG=1``
+  prints it too;
+* Ctrl-C: exit 130, with how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from importlib import import_module
+from pathlib import Path
 
 from weaktr import __version__
-from weaktr.commands import (
-    ablate,
-    convert,
-    demo,
-    evaluate,
-    export,
-    export_model,
-    gen_cam,
-    make_seeds,
-    predict,
-    prepare,
-    report,
-    run,
-    train_cam,
-    train_seg,
-)
-from weaktr.errors import InputError
+from weaktr.errors import InputError, ItemError
 
-# module name -> command module, in the order ``weaktr --help`` lists them (the command is the
-# name with '-' for '_': train_cam -> ``weaktr train-cam``)
-COMMANDS = {
-    "run": run,
-    "demo": demo,
-    "prepare": prepare,
-    "train_cam": train_cam,
-    "gen_cam": gen_cam,
-    "make_seeds": make_seeds,
-    "train_seg": train_seg,
-    "predict": predict,
-    "evaluate": evaluate,
-    "convert": convert,
-    "export": export,
-    "export_model": export_model,
-    "report": report,
-    "ablate": ablate,
-}
+# the command modules of weaktr.commands, in the order ``weaktr --help`` lists them, one per line
+# (the command is the name with '-' for '_': train_cam -> ``weaktr train-cam``)
+COMMANDS = (
+    "run",
+    "demo",
+    "prepare",
+    "train_cam",
+    "gen_cam",
+    "make_seeds",
+    "train_seg",
+    "predict",
+    "evaluate",
+    "convert",
+    "export",
+    "export_model",
+    "report",
+    "ablate",
+)
+DEBUG_ENV = "WEAKTR_DEBUG"  # set (to anything but 0) to print a bug's full traceback too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,9 +58,67 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"weaktr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS.values():
-        module.register(sub)
+    for name in COMMANDS:
+        import_module(f"weaktr.commands.{name}").register(sub)
     return parser
+
+
+def _to_log_file(text: str) -> Path | None:
+    """Write ``text`` to the run's ``log.txt`` if this command opened a run; the file, or None."""
+    # without weaktr.runtime.logging loaded no run was opened, so there is no log file (and the error
+    # path of a light command does not load torch for nothing)
+    run_logging = sys.modules.get("weaktr.runtime.logging")
+    return run_logging.log_file_only(text) if run_logging is not None else None
+
+
+def _close_log_file() -> None:
+    run_logging = sys.modules.get("weaktr.runtime.logging")
+    if run_logging is not None:
+        run_logging.close_log_file()
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user would type it: relative to the current folder when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _cause(name: str, message: str) -> str:
+    """'ValueError: the first line of the message ...' (the log has all of it)."""
+    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
+    if not lines:
+        return name
+    return f"{name}: {lines[0]}" + (" ..." if len(lines) > 1 else "")
+
+
+def _report_input_error(command: str, exc: InputError) -> int:
+    for line in exc.lines():
+        print(f"weaktr {command}: error: {line}", file=sys.stderr)
+        _to_log_file(f"error: {line}")
+    return 2
+
+
+def _report_bug(command: str, exc: Exception) -> int:
+    """One line naming the cause (and the item a worker was on); the traceback to the log, exit 1."""
+    text = "".join(traceback.format_exception(exc))
+    if isinstance(exc, ItemError):
+        line = f"{exc.item}: {_cause(exc.cause, exc.message)}"
+        if exc.traceback_text:
+            text += f"\nwhere {exc.item} failed:\n{exc.traceback_text}"
+    else:
+        line = _cause(type(exc).__name__, str(exc))
+    log = _to_log_file(f"error: {line}\n{text}")
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        print(text, file=sys.stderr, end="" if text.endswith("\n") else "\n")
+        where = f"full traceback above, also in {_shown(log)}" if log else "full traceback above"
+    elif log:
+        where = f"full traceback in {_shown(log)}; {DEBUG_ENV}=1 prints it"
+    else:
+        where = f"{DEBUG_ENV}=1 prints the full traceback"
+    print(f"weaktr {command}: error: {line} ({where})", file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,9 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as exc:  # raised here, or in a DataLoader worker or a CRF / check process
-        for line in exc.lines():
-            print(f"weaktr {args.command}: error: {line}", file=sys.stderr)
-        return 2
+        return _report_input_error(args.command, exc)
     except KeyboardInterrupt:
         print(f"weaktr {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line here, the traceback in log.txt
+        return _report_bug(args.command, exc)
+    finally:
+        _close_log_file()

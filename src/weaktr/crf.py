@@ -15,11 +15,14 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from weaktr.cores import cap_workers
 from weaktr.errors import InputError
+from weaktr.extras import load
 from weaktr.pools import process_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
+CRF_NEEDS = "the dense CRF"  # what the missing-extra error says needs pydensecrf
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,8 @@ class CRFParams:
 
 
 def _pydensecrf() -> tuple[ModuleType, ModuleType]:
-    """Import pydensecrf lazily, with an install hint instead of a bare ImportError."""
-    try:
-        import pydensecrf.densecrf as dcrf
-        import pydensecrf.utils as dutils
-    except ImportError as exc:
-        raise InputError(
-            "the CRF needs pydensecrf, which is not installed; install the 'crf' extra: "
-            "pip install 'weaktr[crf]'"
-        ) from exc
-    return dcrf, dutils
+    """pydensecrf's two modules, imported on first use, or the one-line install hint (the crf extra)."""
+    return load("crf", CRF_NEEDS, "pydensecrf.densecrf"), load("crf", CRF_NEEDS, "pydensecrf.utils")
 
 
 def _check_image(image: np.ndarray, hw: tuple[int, ...]) -> np.ndarray:
@@ -142,9 +137,11 @@ def run_parallel(
 ) -> list[R]:
     """``[fn(j) for j in jobs]`` over a process pool (``workers`` ≤ 1 runs in-process), in job order.
 
-    ``fn`` and the jobs must be picklable (a module-level function and plain data).
+    ``fn`` and the jobs must be picklable (a module-level function and plain data). ``workers`` is
+    lowered to the usable cores.
     """
     jobs = list(jobs)
+    workers = cap_workers(workers, f"{desc or 'pool'} workers")
     bar: Any = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress)
     results: list[R] = []
     with bar:

@@ -129,7 +129,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise InputError(f"not a readable safetensors checkpoint ({exc})", path) from exc
     if CONFIG_KEY not in meta:
         raise InputError(
-            f"safetensors file has no '{CONFIG_KEY}' metadata; convert it with 'weaktr convert' first", path
+            f"safetensors file has no '{CONFIG_KEY}' metadata; convert the authors' checkpoint with "
+            "'weaktr convert cam --official PATH --out FILE' (or 'convert segmenter') first",
+            path,
         )
     return state, json.loads(meta[CONFIG_KEY])
 

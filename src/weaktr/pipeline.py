@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from weaktr.choices import STAGE_NAMES
+from weaktr.config import RunConfig
 from weaktr.data.sampling import spread
 from weaktr.errors import InputError
 from weaktr.evaluation.lost_classes import check_lost_classes
+from weaktr.extras import require
 from weaktr.io import write_json
 from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
@@ -130,19 +133,23 @@ def _train_seg(ctx: RunContext) -> dict[str, Any]:
 
 
 def _predict(ctx: RunContext) -> dict[str, Any]:
+    """Predict each of predict.splits; a train-side split (the training split, or the GT split CAMs are
+    scored on: VOC's ``train`` inside ``train_aug``) gives pseudo masks, any other the segmenter's score."""
     out: dict[str, Any] = {}
+    train_side = {ctx.cfg.data.train_split, _cam_eval_split(ctx)}
     for split in ctx.cfg.predict.splits:
         pred_dir = predict_split(
             ctx, ctx.layout.seg_model, split, ctx.layout.pred(split), crf=ctx.cfg.predict.crf
         )
-        if split == ctx.cfg.data.train_split and ctx.dist.is_main:
-            ids = ctx.dataset.ids(split)
+        is_train = split in train_side
+        if is_train and ctx.dist.is_main:
+            seeded = set(ctx.dataset.ids(ctx.cfg.data.train_split))  # the images that have seeds
+            ids = [i for i in ctx.dataset.ids(split) if i in seeded]
             out["lost_classes"] = check_lost_classes(
                 _seed_labels(ctx), pred_dir, ids, ctx.dataset.class_names
             )
         if not _has_gt(ctx) or split not in ctx.dataset.splits:
             continue
-        is_train = split == ctx.cfg.data.train_split
         name = "pseudo_masks" if is_train else "segmenter"
         eval_split = _cam_eval_split(ctx) if is_train else split
         out[name] = _headline(evaluate_stage(ctx, pred_dir, eval_split, name))
@@ -168,7 +175,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("predict", lambda lay: (lay.pred_root,), _predict),
     Stage("report", lambda lay: (lay.report_dir,), _report),
 )
-STAGE_NAMES = tuple(s.name for s in STAGES)
 PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "views", "seeds")
 
 
@@ -185,9 +191,27 @@ def check_stage_names(names: Sequence[str]) -> None:
         raise InputError(f"unknown stage(s) {unknown}; stages are {', '.join(STAGE_NAMES)}")
 
 
+def require_extras(cfg: RunConfig, until: str | None = None) -> None:
+    """Refuse, before the first stage, a run whose stages up to ``until`` need a missing extra.
+
+    The label CRF (``seeds.crf``) and the prediction CRF (``predict.crf``) need ``crf``, the report
+    (``report.enabled``) needs ``viz``; TensorBoard is optional (no event files without ``tb``).
+    """
+    reached = STAGE_NAMES[: STAGE_NAMES.index(until) + 1] if until in STAGE_NAMES else STAGE_NAMES
+    needs = (
+        ("seeds", cfg.seeds.crf, "crf", "the seeds' label CRF (seeds.crf=false skips it)"),
+        ("predict", cfg.predict.crf, "crf", "the prediction CRF (predict.crf=false skips it)"),
+        ("report", cfg.report.enabled, "viz", "the report (report.enabled=false skips it)"),
+    )
+    for stage, wanted, extra, why in needs:
+        if wanted and stage in reached:
+            require(extra, why)
+
+
 def run_pipeline(ctx: RunContext, force: Sequence[str] = (), until: str | None = None) -> dict[str, Any]:
     """Run (or resume) every stage up to ``until``; returns and writes ``summary.json``."""
     check_stage_names([*force, *([until] if until else [])])
+    require_extras(ctx.cfg, until)
     run_dir, t_start = ctx.run_dir, time.time()
     for stage in STAGES:
         marker = RunLayout(run_dir).stage_marker(stage.name)

@@ -20,16 +20,20 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from weaktr.choices import CAM_KINDS
+from weaktr.cores import cap_workers
+from weaktr.data.loader import ItemLoader
 from weaktr.errors import InputError
 from weaktr.io import save_cams
 from weaktr.models.backbone import BackboneOutput
 from weaktr.models.cam import CAMNet
 from weaktr.models.timm_factory import normalise
+from weaktr.pools import PerItem
 
 MINMAX_EPS = 1e-8
-# 'default' = the model's own choice (refined fine CAM, or CA ⊙ ReLU(coarse) when refine is off);
-# 'coarse' = ReLU(coarse CAM); 'fused' = CA ⊙ ReLU(coarse); 'refined' = PA · fused.
-CAM_KINDS = ("default", "coarse", "fused", "refined")
+# CAM_KINDS (weaktr.choices): 'default' = the model's own choice (refined fine CAM, or
+# CA ⊙ ReLU(coarse) when refine is off); 'coarse' = ReLU(coarse CAM); 'fused' = CA ⊙ ReLU(coarse);
+# 'refined' = PA · fused.
 # A good cap on the input pixels of the images batched together: one VOC image at scales 1.0 and 1.2
 # (the stacked attention maps of 4 inputs are ~1 GB) or about twenty 96 px demo images.
 DEFAULT_MAX_PIXELS = 1 << 19
@@ -283,6 +287,10 @@ def _prepare_job(
     return prepare_image(image_id, read_image_source(source), label_ids, scales, mean, std)
 
 
+def _job_item(job: tuple[Any, ...]) -> str:
+    return f"image {job[0]}"
+
+
 class _PrepareDataset(torch.utils.data.Dataset):
     """Reading and resizing in DataLoader workers, so the network never waits for JPEG decoding."""
 
@@ -291,6 +299,9 @@ class _PrepareDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+    def item_name(self, index: int) -> str:
+        return _job_item(self.jobs[index])
 
     def __getitem__(self, index: int) -> PreparedImage:
         return _prepare_job(self.jobs[index])
@@ -347,7 +358,8 @@ def generate_cams(
     Existing outputs are skipped, so a killed job resumes where it stopped. Consecutive images are
     batched while their scaled inputs hold at most ``max_pixels`` pixels, and inputs of equal size
     then share a forward (0 = one image per batch; stages pass :data:`DEFAULT_MAX_PIXELS`).
-    ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes. ``also`` maps
+    ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes (at most one per
+    usable core: :func:`weaktr.cores.cap_workers`). ``also`` maps
     further CAM kinds to their folders, written from the same forwards. ``fused_cpu`` lets float32
     CPU inference use the self-checked fused blocks (:meth:`~weaktr.models.backbone.ViTBackbone.forward`).
     """
@@ -364,12 +376,13 @@ def generate_cams(
     ]
     jobs = [(str(i), src, list(lab), list(scales), list(mean), list(std)) for i, src, lab in todo]
     prepared: Iterable[PreparedImage]
+    num_workers = cap_workers(num_workers, "cam_gen.num_workers")
     if num_workers > 0 and len(jobs) > 1:
-        prepared = torch.utils.data.DataLoader(
+        prepared = ItemLoader(
             _PrepareDataset(jobs), batch_size=None, num_workers=num_workers, collate_fn=_identity
         )
     else:
-        prepared = map(_prepare_job, jobs)
+        prepared = map(PerItem(_prepare_job, _job_item), jobs)
     model.eval()
     written = 0
     with tqdm(total=len(jobs), desc="gen-cam", unit="img", disable=not progress or rank != 0) as bar:

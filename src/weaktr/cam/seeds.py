@@ -15,6 +15,7 @@ from weaktr.cam.generate import ImageSource, read_image_source
 from weaktr.crf import CRFParams, label_crf, run_parallel
 from weaktr.errors import InputError
 from weaktr.io import load_cams, save_label_png
+from weaktr.pools import PerItem
 
 
 def compact_seed(cams: np.ndarray, threshold: float) -> np.ndarray:
@@ -52,7 +53,10 @@ def seed_from_cams(
     return lut[compact]
 
 
-def _seed_job(job: tuple[Path, Path, float, CRFParams | None, ImageSource | None, list[int] | None]) -> None:
+SeedJob = tuple[Path, Path, float, CRFParams | None, ImageSource | None, list[int] | None]
+
+
+def _seed_job(job: SeedJob) -> None:
     """One image: read the CAM file, threshold (+CRF), write the PNG. Module-level so it pickles."""
     cam_path, out_path, threshold, crf, image_src, palette = job
     cams, classes = load_cams(cam_path)
@@ -60,6 +64,10 @@ def _seed_job(job: tuple[Path, Path, float, CRFParams | None, ImageSource | None
     if image is not None and image.shape[:2] != cams.shape[1:]:
         raise InputError(f"image is {image.shape[:2]} but its CAMs are {cams.shape[1:]}", cam_path)
     save_label_png(out_path, seed_from_cams(cams, classes, threshold, image, crf), palette)
+
+
+def _seed_item(job: SeedJob) -> str:
+    return f"image {job[0].stem}"
 
 
 def make_seeds(
@@ -98,5 +106,5 @@ def make_seeds(
         )
         for i in todo
     ]
-    run_parallel(_seed_job, jobs, workers, desc="seeds", progress=progress)
+    run_parallel(PerItem(_seed_job, _seed_item), jobs, workers, desc="seeds", progress=progress)
     return len(jobs)

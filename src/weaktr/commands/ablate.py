@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.ablation import format_table, run_ablations
-
 
 def execute(args: argparse.Namespace) -> int:
+    from weaktr.ablation import format_table, run_ablations
+
     rows = run_ablations(args.config, Path(args.out), list(args.overrides or []), only=args.only)
     print(format_table(rows))
     print(f"results: {Path(args.out).resolve() / 'ablation.md'}")

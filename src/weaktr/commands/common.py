@@ -2,13 +2,18 @@
 
 A stage command is ``weaktr STAGE [--config NAME_OR_PATH] [--run-dir DIR] [key=value ...]``: the
 same layered config as ``weaktr run``, so a stage run alone does exactly what it does in a pipeline.
+
+Command modules import only what their parser needs at import time (``weaktr --help`` loads them
+all and must not load torch); the machinery of a command is imported inside its ``execute``.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from weaktr.config import RunConfig, load_config
+if TYPE_CHECKING:
+    from weaktr.config import RunConfig
 
 
 def add_config_args(parser: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -30,6 +35,8 @@ def load_run_config(args: argparse.Namespace) -> RunConfig:
 
     ``weaktr run voc key=value`` and ``weaktr run --config voc key=value`` mean the same.
     """
+    from weaktr.config import load_config
+
     overrides = list(args.overrides or [])
     config = args.config
     if overrides and "=" not in overrides[0]:

@@ -12,17 +12,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from weaktr.commands.common import add_config_args, load_run_config
 from weaktr.errors import InputError
-from weaktr.models.cam import CAMNet, convert_official_cam_state, save_cam_model
-from weaktr.models.segmenter import build_segmenter, convert_official_segmenter_state, save_segmenter
 
 
 def convert_cam(official: Path, out: Path, backbone: str, pool: str, query: Path | None = None) -> None:
     """The authors' WeakTr (phase-1) state dict → a checkpoint for ``load_cam_model``; ``query`` is
     the ``query.npy`` of their AAF_RandWeight variant."""
+    import torch
+
+    from weaktr.models.cam import CAMNet, convert_official_cam_state, save_cam_model
+
     state, cfg = convert_official_cam_state(official, query, backbone=backbone, aaf_pool=pool)
     with torch.device("meta"):  # shapes only; load_state_dict(assign=True) brings the weights
         model = CAMNet(cfg)
@@ -32,6 +32,10 @@ def convert_cam(official: Path, out: Path, backbone: str, pool: str, query: Path
 
 def convert_segmenter(official: Path, out: Path, backbone: str) -> None:
     """The authors' Segmenter (phase-2) ``checkpoint.pth`` → a checkpoint for ``load_segmenter``."""
+    import torch
+
+    from weaktr.models.segmenter import build_segmenter, convert_official_segmenter_state, save_segmenter
+
     state, cfg = convert_official_segmenter_state(official, backbone=backbone)
     with torch.device("meta"):
         model = build_segmenter(cfg)

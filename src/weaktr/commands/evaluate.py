@@ -11,11 +11,12 @@ import argparse
 from pathlib import Path
 
 from weaktr.commands.common import add_config_args, load_run_config
-from weaktr.runtime.context import open_run
-from weaktr.stages.scoring import evaluate_stage
 
 
 def execute(args: argparse.Namespace) -> int:
+    from weaktr.runtime.context import open_run
+    from weaktr.stages.scoring import evaluate_stage
+
     ctx = open_run(load_run_config(args), save=False)
     pred = Path(args.pred)
     data = ctx.cfg.data

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from weaktr.config import load_config
-from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
-from weaktr.export import export_coco
-from weaktr.runtime.context import run_dataset
-from weaktr.runtime.layout import RunLayout
+
+if TYPE_CHECKING:
+    from weaktr.data.info import DatasetInfo
 
 WHAT = {"pseudo_masks": "train_split", "predictions": "val_split"}
 
@@ -37,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _sources(args: argparse.Namespace) -> tuple[Path, DatasetInfo, str]:
     """(label folder, data set, split) from either form of the command line."""
+    from weaktr.config import load_config
+    from weaktr.data.info import DatasetInfo
+    from weaktr.runtime.context import run_dataset
+    from weaktr.runtime.layout import RunLayout
+
     if (args.labels is None) == (args.run is None):
         raise InputError("give either --labels DIR (with --dataset and --split) or --run RUN_DIR")
     if args.labels is not None:
@@ -47,6 +51,9 @@ def _sources(args: argparse.Namespace) -> tuple[Path, DatasetInfo, str]:
     cfg = load_config(run.config)
     dataset = DatasetInfo.load(args.dataset) if args.dataset else run_dataset(args.run, cfg.data.dataset)
     split = args.split or getattr(cfg.data, WHAT[args.what])
+    if not args.split and args.what == "pseudo_masks" and not run.pred(split).is_dir():
+        # voc trains on train_aug but relabels train, the split with GT that CAMs are scored on
+        split = cfg.data.cam_eval_split or split
     labels = run.pred(split)
     if not labels.is_dir():
         raise InputError(f"no label maps of split {split!r}: run the predict stage first", labels)
@@ -54,6 +61,8 @@ def _sources(args: argparse.Namespace) -> tuple[Path, DatasetInfo, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from weaktr.export import export_coco
+
     labels, dataset, split = _sources(args)
     ids = dataset.ids(split, check_images=False)
     names = {i: dataset.image_path(i).name for i in ids}

@@ -12,12 +12,15 @@ import argparse
 from pathlib import Path
 
 from weaktr.errors import InputError
-from weaktr.evaluation.onnx_backend import export_segmenter
-from weaktr.runtime.layout import RunLayout
+from weaktr.extras import require
 
 
 def execute(args: argparse.Namespace) -> int:
     """Export the run's segmenter (or ``--checkpoint``); print the file written."""
+    require("onnx", "ONNX export")  # before anything is loaded
+    from weaktr.evaluation.onnx_backend import export_segmenter
+    from weaktr.runtime.layout import RunLayout
+
     layout = RunLayout(Path(args.run_dir))
     checkpoint = Path(args.checkpoint) if args.checkpoint else layout.seg_model
     if not checkpoint.is_file():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weaktr.cam.generate import CAM_KINDS
+from weaktr.choices import CAM_KINDS
 from weaktr.commands.common import add_config_args, load_run_config
-from weaktr.runtime.context import open_run
-from weaktr.stages.gen_cam import gen_cam_stage
 
 
 def execute(args: argparse.Namespace) -> int:
+    from weaktr.runtime.context import open_run
+    from weaktr.stages.gen_cam import gen_cam_stage
+
     ctx = open_run(load_run_config(args))
     checkpoint = Path(args.checkpoint) if args.checkpoint else ctx.layout.cam_model
     out = gen_cam_stage(ctx, checkpoint, split=args.split, kind=args.kind, out_dir=args.out)

@@ -6,13 +6,18 @@ import argparse
 from pathlib import Path
 
 from weaktr.commands.common import add_config_args, load_run_config
-from weaktr.runtime.context import open_run
-from weaktr.stages.seeds import seeds_stage
+from weaktr.extras import require
 
 
 def execute(args: argparse.Namespace) -> int:
-    ctx = open_run(load_run_config(args))
-    crf = ctx.cfg.seeds.crf and not args.no_crf
+    cfg = load_run_config(args)
+    crf = cfg.seeds.crf and not args.no_crf
+    if crf:
+        require("crf", "the seeds' label CRF (seeds.crf; --no-crf skips it)")
+    from weaktr.runtime.context import open_run
+    from weaktr.stages.seeds import seeds_stage
+
+    ctx = open_run(cfg)
     cams = Path(args.cams) if args.cams else ctx.layout.cams
     out = Path(args.out) if args.out else ctx.layout.seeds(crf)
     seeds_stage(ctx, cams, crf=crf, out_dir=out)

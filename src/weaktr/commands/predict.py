@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from weaktr.choices import BACKENDS
 from weaktr.commands.common import add_config_args, load_run_config
 from weaktr.errors import InputError
-from weaktr.evaluation.onnx_backend import BACKENDS
-from weaktr.runtime.context import open_run
-from weaktr.runtime.layout import sibling_dir
-from weaktr.stages.predict import predict_split
+from weaktr.extras import require
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -23,10 +21,18 @@ def execute(args: argparse.Namespace) -> int:
     splits = args.split or list(cfg.predict.splits)
     if args.out and len(splits) != 1:
         raise InputError(f"--out names one folder but {len(splits)} splits are to be predicted: {splits}")
+    crf = cfg.predict.crf and not args.no_crf
+    if crf:
+        require("crf", "the prediction CRF (predict.crf; --no-crf skips it)")
+    if args.backend == "onnxruntime":
+        require("onnx", "--backend onnxruntime", "onnxruntime")
+    from weaktr.runtime.context import open_run
+    from weaktr.runtime.layout import sibling_dir
+    from weaktr.stages.predict import predict_split
+
     ctx = open_run(cfg)
     default = ctx.layout.seg_onnx if args.backend == "onnxruntime" else ctx.layout.seg_model
     checkpoint = Path(args.checkpoint) if args.checkpoint else default
-    crf = cfg.predict.crf and not args.no_crf
     for split in splits:
         out = Path(args.out) if args.out else ctx.layout.pred(split)
         out = predict_split(ctx, checkpoint, split, out, crf, args.save_probs, args.backend)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from weaktr.data.coco import prepare_coco
-from weaktr.data.folder import prepare_folder
-from weaktr.data.info import DatasetInfo
-from weaktr.data.voc import prepare_voc
+if TYPE_CHECKING:
+    from weaktr.data.info import DatasetInfo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,16 +84,22 @@ def _report(info: DatasetInfo) -> int:
 
 
 def run_voc(args: argparse.Namespace) -> int:
+    from weaktr.data.voc import prepare_voc
+
     return _report(prepare_voc(args.root, args.out, args.name))
 
 
 def run_coco(args: argparse.Namespace) -> int:
+    from weaktr.data.coco import prepare_coco
+
     return _report(
         prepare_coco(args.annotations, args.images, args.out, args.split_names, args.workers, args.name)
     )
 
 
 def run_folder(args: argparse.Namespace) -> int:
+    from weaktr.data.folder import prepare_folder
+
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     info = prepare_folder(
         args.images, args.labels, args.out, args.masks, args.val_fraction, classes, args.seed, args.name

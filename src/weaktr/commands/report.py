@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from weaktr.extras import require
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -20,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from weaktr.report.render import build_report  # matplotlib loads only when a report is built
+    require("viz", "the report")  # before anything is read or written
+    from weaktr.report.render import build_report
 
     index = build_report(args.run_dir, args.examples)
     print(index)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from weaktr.choices import STAGE_NAMES
 from weaktr.commands.common import add_config_args, load_run_config
-from weaktr.pipeline import STAGE_NAMES, format_summary, run_pipeline
-from weaktr.runtime.context import open_run
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +22,13 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     """Run the pipeline for the parsed arguments and print the results table."""
-    ctx = open_run(load_run_config(args))
+    from weaktr.pipeline import check_stage_names, format_summary, require_extras, run_pipeline
+    from weaktr.runtime.context import open_run
+
+    cfg = load_run_config(args)
+    check_stage_names([*args.force, *([args.until] if args.until else [])])
+    require_extras(cfg, args.until)  # before open_run writes (or generates) anything
+    ctx = open_run(cfg)
     summary = run_pipeline(ctx, force=args.force, until=args.until)
     if ctx.dist.is_main:
         print(format_summary(summary))

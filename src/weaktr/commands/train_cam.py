@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from weaktr.commands.common import add_config_args, load_run_config
-from weaktr.runtime.context import open_run
-from weaktr.stages.train_cam import train_cam
 
 
 def execute(args: argparse.Namespace) -> int:
+    from weaktr.runtime.context import open_run
+    from weaktr.stages.train_cam import train_cam
+
     ctx = open_run(load_run_config(args))
     model = train_cam(ctx)
     if ctx.dist.is_main:

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 
 from weaktr.commands.common import add_config_args, load_run_config
-from weaktr.runtime.context import open_run
-from weaktr.stages.train_seg import train_seg
 
 
 def execute(args: argparse.Namespace) -> int:
     """Train (or resume) the segmenter; print where the checkpoint and the log are."""
+    from weaktr.runtime.context import open_run
+    from weaktr.stages.train_seg import train_seg
+
     ctx = open_run(load_run_config(args))
     default = ctx.layout.seeds(ctx.cfg.seeds.crf)
     seeds = Path(args.seeds) if args.seeds else default

@@ -59,7 +59,7 @@ class CamTrainConfig:
     reprob: float = 0.25
     seed: int = 504
     amp: bool = True  # bf16 autocast on CUDA (the authors trained with AMP)
-    num_workers: int = 4
+    num_workers: int = 4  # DataLoader workers, at most one per usable core (weaktr.cores)
     pretrained: str | None = "hub"  # 'hub', a local weights file, or null (from scratch)
     # 'gt_miou' = the authors' choice: the epoch whose CAMs score best against pixel GT of
     # data.cam_eval_split (threshold swept over seeds.sweep); 'last' uses no pixel GT at all.
@@ -78,7 +78,7 @@ class CamGenConfig:
     # float32 on the CPU: the self-checked fused oneDNN linears of models/cpu_blocks.py (env
     # WEAKTR_FUSED_CPU=0 turns them off too); bf16 runs torch's own ops either way
     fused_cpu: bool = True
-    num_workers: int = 4
+    num_workers: int = 4  # DataLoader workers, at most one per usable core (weaktr.cores)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class SeedConfig:
     crf: bool = True
     crf_preset: Literal["voc", "coco"] = "voc"
     crf_params: CRFOverrides = field(default_factory=CRFOverrides)
-    workers: int = 0  # CRF processes; 0 = all cores
+    workers: int = 0  # CRF processes; 0 = all usable cores (more are lowered to those)
 
 
 @dataclass
@@ -144,7 +144,7 @@ class SegTrainConfig:
     eval_split: str | None = None  # None = data.val_split (COCO: val_5000)
     seed: int = 0
     amp: bool = False  # the authors trained phase 2 in float32
-    num_workers: int = 4
+    num_workers: int = 4  # DataLoader workers, at most one per usable core (weaktr.cores)
     pretrained: str | None = "hub"
     # 'gt_val' keeps the epoch with the best val mIoU (GT-based); the authors' docs evaluate the last
     select_checkpoint: Literal["last", "gt_val"] = "last"
@@ -165,7 +165,7 @@ class PredictConfig:
     crf: bool = True
     crf_preset: Literal["voc", "coco"] = "voc"
     crf_params: CRFOverrides = field(default_factory=CRFOverrides)
-    workers: int = 0  # CRF processes; 0 = all cores
+    workers: int = 0  # CRF processes; 0 = all usable cores (more are lowered to those)
     amp: bool = False
     fused_cpu: bool = True  # self-checked fused oneDNN ViT blocks on the CPU (env WEAKTR_FUSED_CPU=0: off)
     splits: list[str] = field(default_factory=lambda: ["val", "train"])

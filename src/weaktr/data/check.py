@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from weaktr.cores import cap_workers, usable_cores
 from weaktr.data.images import exif_rotates, load_image, load_label_map
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import DataCheckError, InputError
-from weaktr.pools import process_pool
+from weaktr.pools import PerItem, process_pool
 
 log = logging.getLogger("weaktr")
 MAX_LISTED = 10
@@ -54,13 +54,20 @@ def _check_one(job: tuple[FileCheck, int]) -> tuple[InputError | None, bool]:
         return exc, False
 
 
+def _check_item(job: tuple[FileCheck, int]) -> str:
+    return str(job[0].image)
+
+
+_checked = PerItem(_check_one, _check_item)  # anything but bad input (a bug) names the file too
+
+
 def check_files(items: Sequence[FileCheck], num_classes: int, workers: int | None = None) -> None:
     """Decode every image and mask of ``items``; raise :class:`DataCheckError` listing the first problems.
 
-    ``workers`` None uses every core this process may run on; under two chunks of files are checked
-    in-process, where starting a pool would cost more than it saves.
+    ``workers`` None uses every core this process may run on (and no more than those); under two
+    chunks of files are checked in-process, where starting a pool would cost more than it saves.
     """
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = cap_workers(workers or usable_cores(), "data check workers")
     jobs = [(item, num_classes) for item in items]
     chunk = max(32, len(jobs) // (workers * 16))
     results: Iterable[tuple[InputError | None, bool]]
@@ -68,7 +75,7 @@ def check_files(items: Sequence[FileCheck], num_classes: int, workers: int | Non
     rotated = total = 0
     pool = process_pool(workers) if workers > 1 and len(jobs) >= 2 * chunk else None
     try:
-        results = pool.map(_check_one, jobs, chunksize=chunk) if pool else map(_check_one, jobs)
+        results = pool.map(_checked, jobs, chunksize=chunk) if pool else map(_checked, jobs)
         # tqdm itself, as crf.py does (runtime.logging.progress lives a layer above data/); drawn on a
         # terminal only, so that the problem lines of a log or a pipe stay one line each
         bar = tqdm(results, desc="checking data", total=len(jobs), unit="img", leave=False, disable=None)

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from weaktr.cores import cap_workers
 from weaktr.data.check import FileCheck, check_files, dataset_items, fingerprint
 from weaktr.data.info import DatasetInfo, output_folder, relative_to_root, short_list, write_id_list
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import read_json, save_label_png, sweep_temporaries, write_json
-from weaktr.pools import fork_pool
+from weaktr.pools import PerItem, fork_pool
 
 IGNORE = 255
 
@@ -79,6 +80,13 @@ def paint_mask(h: int, w: int, anns: Sequence[dict[str, Any]]) -> np.ndarray:
 def _paint_job(job: tuple[str, int, int, list[dict[str, Any]]]) -> None:
     path, h, w, anns = job
     save_label_png(path, paint_mask(h, w, anns), voc_palette())
+
+
+def _mask_item(job: tuple[str, int, int, list[dict[str, Any]]]) -> str:
+    return f"mask {job[0]}"
+
+
+_paint_item = PerItem(_paint_job, _mask_item)  # a failure names the mask being painted
 
 
 def prepare_coco(
@@ -171,13 +179,14 @@ def prepare_coco(
     check_files(checks, len(class_names))  # the images, and their sizes against the annotations
     with output_folder(out_dir):
         sweep_temporaries(out_dir)  # left by a prepare that was killed
+        workers = cap_workers(workers, "prepare coco --workers")
         if workers > 1 and len(jobs) > 1:
             with fork_pool(workers) as pool:
-                for _ in pool.imap_unordered(_paint_job, jobs, chunksize=16):
+                for _ in pool.imap_unordered(_paint_item, jobs, chunksize=16):
                     pass
         else:
             for job in jobs:
-                _paint_job(job)
+                _paint_item(job)
         for split, ids in split_ids.items():
             write_id_list(list_dir / f"{split}.txt", ids)
         write_json(labels_path, labels)

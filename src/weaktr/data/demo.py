@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from weaktr.cores import cap_workers
 from weaktr.data.check import dataset_items, fingerprint
 from weaktr.data.info import DatasetInfo, write_id_list
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
 from weaktr.io import atomic_write, save_label_png, write_json
-from weaktr.pools import fork_pool
+from weaktr.pools import PerItem, fork_pool
 
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "star", "hexagon", "crescent")
 MARKER = ".complete"
@@ -183,6 +185,13 @@ def _write_one(job: tuple[Path, int, int, int, int, str]) -> list[int]:
     return sorted(int(c) for c in np.unique(mask) if c != 0)
 
 
+def _demo_item(job: tuple[Path, int, int, int, int, str]) -> str:
+    return f"demo image {job[5]}"
+
+
+_write_item = PerItem(_write_one, _demo_item)  # a failure names the image
+
+
 def generate_demo(
     out_dir: str | Path,
     n_train: int = 2000,
@@ -220,11 +229,12 @@ def generate_demo(
 
     ids = [f"{i:06d}" for i in range(n_train + n_val)]
     jobs = [(root, seed, i, size, n_classes, image_id) for i, image_id in enumerate(ids)]
+    workers = cap_workers(workers, "demo data workers", level=logging.DEBUG)
     if workers > 1:
         with fork_pool(workers) as pool:
-            found = pool.map(_write_one, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+            found = pool.map(_write_item, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
     else:
-        found = [_write_one(job) for job in jobs]
+        found = [_write_item(job) for job in jobs]
 
     list_dir = root / "ImageSets" / "Segmentation"
     write_id_list(list_dir / "train.txt", ids[:n_train])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from weaktr.cores import cap_workers
 from weaktr.data.info import short_list
 from weaktr.errors import InputError
 from weaktr.io import read_npy_dict
+from weaktr.pools import PerItem
 
 
 def labels_from_xml(ann_dir: Path, ids: Iterable[str], class_names: Sequence[str]) -> dict[str, list[int]]:
@@ -41,8 +44,11 @@ def labels_from_xml(ann_dir: Path, ids: Iterable[str], class_names: Sequence[str
 
 
 def _mask_ids(path: Path) -> list[int]:
-    with Image.open(path) as img:
-        arr = np.asarray(img)
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img)
+    except OSError as exc:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+        raise InputError(f"unreadable mask ({exc})", path) from exc
     return sorted(int(v) for v in np.unique(arr) if v not in (0, 255))
 
 
@@ -52,8 +58,9 @@ def labels_from_masks(
     """Labels as the ids present in each ``<id>.png`` mask (except 0 and 255); missing masks are left out."""
     todo = [(i, Path(mask_dir) / f"{i}.png") for i in ids]
     todo = [(i, p) for i, p in todo if p.is_file()]
-    with ThreadPoolExecutor(max(1, threads)) as pool:  # PNG decoding releases the GIL
-        found = list(pool.map(lambda t: _mask_ids(t[1]), todo))
+    threads = max(1, cap_workers(threads, "mask label threads", level=logging.DEBUG))
+    with ThreadPoolExecutor(threads) as pool:  # PNG decoding releases the GIL
+        found = list(pool.map(PerItem(lambda t: _mask_ids(t[1]), lambda t: f"mask {t[1]}"), todo))
     out = dict(zip([i for i, _ in todo], found, strict=True))
     if num_classes is not None:
         bad = [i for i, v in out.items() if any(c >= num_classes for c in v)]

@@ -18,12 +18,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from weaktr.cores import cap_workers
 from weaktr.data.images import load_image, load_label_map
 from weaktr.data.info import DatasetInfo, short_list
 from weaktr.data.torch_datasets import SegmentationDataset
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.errors import InputError
 from weaktr.losses import IGNORE_INDEX
+from weaktr.pools import PerItem
 
 log = logging.getLogger("weaktr")
 
@@ -43,6 +45,10 @@ def check_label_maps(info: DatasetInfo, ids: list[str], label_dir: Path, n_cls: 
     return _check_each(info, ids, label_dir, n_cls)
 
 
+def _image_item(image_id: str) -> str:
+    return f"image {image_id}"
+
+
 def _check_each(info: DatasetInfo, ids: list[str], label_dir: Path, n_cls: int) -> Iterator[str]:
     def check(image_id: str) -> str:
         path = info.image_path(image_id)
@@ -54,8 +60,8 @@ def _check_each(info: DatasetInfo, ids: list[str], label_dir: Path, n_cls: int) 
         load_label_map(label_dir / f"{image_id}.png", (h, w), n_cls)
         return image_id
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        yield from pool.map(check, ids)
+    with ThreadPoolExecutor(max_workers=cap_workers(8, "seed check threads", level=logging.DEBUG)) as pool:
+        yield from pool.map(PerItem(check, _image_item), ids)
 
 
 class SeedAndGTTransform(SegTrainTransform):
@@ -88,6 +94,9 @@ class SeedGTDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def item_name(self, index: int) -> str:
+        return self.base.item_name(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         info, image_id = self.base.info, self.base.ids[index]

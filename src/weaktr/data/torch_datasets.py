@@ -34,6 +34,10 @@ class ClassificationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def item_name(self, index: int) -> str:
+        """How an error met on item ``index`` names it (:class:`weaktr.data.loader.ItemLoader`)."""
+        return f"image {self.ids[index]}"
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_id = self.ids[index]
         img = load_image(self.info.image_path(image_id))
@@ -70,6 +74,9 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def item_name(self, index: int) -> str:
+        return f"image {self.ids[index]}"
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_id = self.ids[index]
         img = load_image(self.info.image_path(image_id))
@@ -88,6 +95,9 @@ class ImageListDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def item_name(self, index: int) -> str:
+        return f"image {self.ids[index]}"
 
     def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
         image_id = self.ids[index]

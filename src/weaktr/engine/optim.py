@@ -69,3 +69,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every group's lr to ``lr * group['lr_scale']`` (scale 1 when the group has none)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def warmup_cosine_lr(step: int, total: int, base_lr: float, warmup: int, min_lr: float) -> float:
+    """Per-step linear warm-up from ``min_lr`` to ``base_lr``, then cosine decay to ``min_lr`` at ``total``.
+
+    The plain DeiT-style schedule of supervised pretraining, per step because short runs have few epochs.
+    """
+    if step < warmup:
+        return min_lr + (base_lr - min_lr) * (step + 1) / warmup
+    frac = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * frac))

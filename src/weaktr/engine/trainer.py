@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from weaktr.cores import cap_workers
+from weaktr.data.loader import ItemLoader
 from weaktr.engine.state import load_training_state, read_state_extra, save_training_state
 from weaktr.errors import InputError
 from weaktr.io import write_json
@@ -138,11 +140,11 @@ class EpochTrainer(ABC):
             drop_last=self.drop_last,
         )
         sampler.set_epoch(epoch)
-        loader = DataLoader(
+        loader = ItemLoader(  # a failing image reaches the CLI as one line naming it
             self.dataset,
             batch_size=per_rank_batch(self.cfg.batch_size, world),
             sampler=sampler,
-            num_workers=self.cfg.num_workers,
+            num_workers=cap_workers(self.cfg.num_workers, f"{self.section}.num_workers"),
             drop_last=self.drop_last,
             pin_memory=self.ctx.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.epoch_seed(epoch) + rank),

@@ -23,27 +23,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from weaktr import extras
+from weaktr.choices import BACKENDS
 from weaktr.errors import InputError
 from weaktr.io import atomic_write
 from weaktr.models.segmenter import SegConfig, Segmenter, load_segmenter
 
-BACKENDS = ("torch", "onnxruntime")
 OUTPUTS = ("masks", "masks_layer1")
 EXPORT_ATOL = 1e-3  # ONNX vs PyTorch masks (unit-scale LayerNorm outputs) on the check inputs
-ONNX_EXTRA = "pip install 'weaktr[onnx]'"
 
 
 def require(*modules: str) -> list[Any]:
     """Import the optional ONNX packages, or name the missing ones and the extra that installs them."""
-    found, missing = [], []
-    for name in modules:
-        try:
-            found.append(importlib.import_module(name))
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise InputError(f"ONNX support needs {', '.join(missing)}: {ONNX_EXTRA}")
-    return found
+    extras.require("onnx", "ONNX support", *modules)
+    return [importlib.import_module(name) for name in modules]
 
 
 def file_sha256(path: Path) -> str:
@@ -146,7 +139,7 @@ class OrtSegmenter:
         if source.is_file() and file_sha256(source) != meta["source_sha256"]:
             raise InputError(
                 f"the export is older than its checkpoint {source}, which has changed since: "
-                "re-export with 'weaktr export-model'",
+                "re-export with 'weaktr export-model RUN_DIR'",
                 path,
             )
         self.path = path

@@ -103,6 +103,7 @@ class ViTBackbone(nn.Module):
         pretrained: str | None = None,
         stem: str = "patch",
         drop_path: float = 0.1,
+        setting: str | None = None,
         **overrides: Any,
     ) -> None:
         super().__init__()
@@ -110,6 +111,7 @@ class ViTBackbone(nn.Module):
             name,
             pretrained,
             stem,
+            setting,
             num_classes=0,
             global_pool="",
             img_size=img_size,

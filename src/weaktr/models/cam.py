@@ -105,7 +105,7 @@ class CAMOutput:
 class CAMNet(nn.Module):
     """ViT backbone + 3×3 conv coarse-CAM head + AAF; forward returns a :class:`CAMOutput`."""
 
-    def __init__(self, config: CAMConfig, pretrained: str | None = None) -> None:
+    def __init__(self, config: CAMConfig, pretrained: str | None = None, setting: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.backbone = ViTBackbone(
@@ -115,6 +115,7 @@ class CAMNet(nn.Module):
             pretrained,
             config.stem,
             config.drop_path,
+            setting,
             **config.timm_overrides(),
         )
         b = self.backbone
@@ -178,9 +179,10 @@ def cam_loss(out: CAMOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     return losses
 
 
-def build_cam_model(cfg: CAMConfig, pretrained: str | None = None) -> CAMNet:
-    """A new CAMNet; ``pretrained`` is None, 'hub' or a timm checkpoint of the backbone."""
-    return CAMNet(cfg, pretrained)
+def build_cam_model(cfg: CAMConfig, pretrained: str | None = None, setting: str | None = None) -> CAMNet:
+    """A new CAMNet; ``pretrained`` is None, 'hub' or a timm checkpoint of the backbone, from the
+    config key ``setting`` (named by the advice when the hub fails)."""
+    return CAMNet(cfg, pretrained, setting)
 
 
 def save_cam_model(path: str | Path, model: CAMNet) -> None:

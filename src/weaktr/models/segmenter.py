@@ -236,7 +236,7 @@ class Segmenter(nn.Module):
         return up[0] if not return_layer1 else SegOutput(up[0], up[1])
 
 
-def build_segmenter(cfg: SegConfig, pretrained: str | None = None) -> Segmenter:
+def build_segmenter(cfg: SegConfig, pretrained: str | None = None, setting: str | None = None) -> Segmenter:
     """Build the encoder through the timm factory (eps 1e-5 LayerNorms, exact GELU) and a fresh decoder.
 
     Pretrained weights are loaded at the model's own size, then the position grid is resized to the crop
@@ -257,9 +257,11 @@ def build_segmenter(cfg: SegConfig, pretrained: str | None = None) -> Segmenter:
     ):
         if val is not None:
             kw[key] = val
-    if pretrained is None:
+    # A conv-stem file (``weaktr pretrain``) was trained at its own small grid, not timm's 224 px one:
+    # built at the crop size, it loads unresampled when the grids agree and is resampled once otherwise.
+    if pretrained is None or cfg.stem == "conv":
         kw["img_size"] = cfg.image_size
-    encoder = create_backbone(cfg.backbone, pretrained, cfg.stem, **kw)
+    encoder = create_backbone(cfg.backbone, pretrained, cfg.stem, setting, **kw)
     if not hasattr(encoder, "blocks") or not hasattr(encoder, "patch_embed"):
         raise InputError(
             f"backbone {cfg.backbone!r} is not a plain ViT/EVA (supported: {SUPPORTED_BACKBONES})"

@@ -23,10 +23,21 @@ from weaktr.models.stem import ConvStem
 
 PRETRAINED_HELP = (
     "pretrained weights for {name!r} could not be loaded from the hub ({why}). Either give a local "
-    "file with --pretrained PATH (a timm/.pth/.safetensors/.npz checkpoint of that model), set "
+    "file with the override {local} (a timm .pth/.safetensors/.npz checkpoint of that model), set "
     "HF_HUB_OFFLINE=0 on a machine with network access so timm can download it, or train from "
-    "scratch with pretrained=none."
+    "scratch with {scratch}."
 )
+# the run-config keys whose value reaches create_backbone: the CAM network's and the segmenter's
+PRETRAINED_SETTINGS = ("cam_train.pretrained", "seg_train.pretrained")
+
+
+def pretrained_help(name: str, why: str, setting: str | None = None) -> str:
+    """The hub failure's advice as overrides ``weaktr run`` accepts: of ``setting``, the key that
+    feeds the network being built, or of both keys when the caller did not say."""
+    keys = (setting,) if setting else PRETRAINED_SETTINGS
+    local = " or ".join(f"{k}=PATH" for k in keys)
+    scratch = " or ".join(f"{k}=null" for k in keys)
+    return PRETRAINED_HELP.format(name=name, why=why, local=local, scratch=scratch)
 
 
 def resolve_pretrained(pretrained: str | None) -> str | None:
@@ -55,11 +66,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def create_backbone(
-    name: str, pretrained: str | None = None, stem: str = "patch", **kwargs: Any
+    name: str, pretrained: str | None = None, stem: str = "patch", setting: str | None = None, **kwargs: Any
 ) -> nn.Module:
     """``timm.create_model(name, **kwargs)`` with weights from ``pretrained`` ('hub', a path, or None).
 
     ``stem='conv'`` swaps the patch convolution for :class:`ConvStem` (for from-scratch models).
+    ``setting`` is the config key ``pretrained`` came from, which the hub failure's advice names.
     timm's own checkpoint filter runs on local files too, so the head is dropped for another class
     count and position embeddings are resampled, exactly as for hub weights.
     """
@@ -72,15 +84,13 @@ def create_backbone(
         return timm.create_model(name, pretrained=False, **kwargs)
     if source == "hub":
         if os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false", "False"}:
-            raise InputError(PRETRAINED_HELP.format(name=name, why="HF_HUB_OFFLINE is set"))
+            raise InputError(pretrained_help(name, "HF_HUB_OFFLINE is set", setting))
         if not hub_reachable():
-            raise InputError(
-                PRETRAINED_HELP.format(name=name, why="the hub is unreachable from this machine")
-            )
+            raise InputError(pretrained_help(name, "the hub is unreachable from this machine", setting))
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as exc:  # network errors come in many types (OSError, HTTP, hub errors)
-            raise InputError(PRETRAINED_HELP.format(name=name, why=f"{type(exc).__name__}: {exc}")) from exc
+            raise InputError(pretrained_help(name, f"{type(exc).__name__}: {exc}", setting)) from exc
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": source}, **kwargs)
     except Exception as exc:

@@ -1,41 +1,45 @@
 """Figures of the visual report, drawn with matplotlib into PNG files.
 
 Each function takes plain arrays (no run-directory knowledge) so the figures can be tested alone
-and reused from notebooks. matplotlib is the optional ``viz`` extra; without it importing this
-module raises an :class:`~weaktr.errors.InputError` that says how to install it.
+and reused from notebooks. matplotlib is the optional ``viz`` extra: it is imported when the first
+figure is drawn, so that this module (and the pipeline that imports the report) loads without it;
+drawing without it raises the one-line :class:`~weaktr.errors.InputError` of :mod:`weaktr.extras`.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from weaktr.errors import InputError
+from weaktr.extras import load
 from weaktr.io import atomic_write
 
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")  # figures are files; never open a window
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, NullFormatter
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise InputError(
-        "the report needs matplotlib, which is not installed: pip install 'weaktr[viz]'"
-    ) from exc
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 110
+NEEDS = "the report"  # what the missing-extra error says needs matplotlib
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot, switched to the Agg backend on first use (figures are files; never a window)."""
+    if "matplotlib.pyplot" not in sys.modules:
+        load("viz", NEEDS, "matplotlib").use("Agg")
+    return load("viz", NEEDS, "matplotlib.pyplot")
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
     """Save a figure atomically as PNG and close it."""
     path = Path(path)
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -48,7 +52,7 @@ def colorize(labels: np.ndarray, palette: Sequence[int]) -> np.ndarray:
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """Blend a [0, 1] heat map (H, W) in the jet colour map over an RGB uint8 image."""
     h = np.clip(np.nan_to_num(heat), 0.0, 1.0)
-    rgb = plt.get_cmap("jet")(h)[..., :3]
+    rgb = _pyplot().get_cmap("jet")(h)[..., :3]
     return ((1 - alpha) * image / 255.0 + alpha * rgb).clip(0, 1)
 
 
@@ -68,7 +72,7 @@ def image_grid(
     ``cell_titles`` (one list per row) replace the column titles above every cell.
     """
     n_rows, n_cols = len(rows), len(col_titles)
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         n_rows, n_cols, figsize=(cell_inches * n_cols, cell_inches * n_rows), squeeze=False
     )
     for r, row in enumerate(rows):
@@ -103,7 +107,7 @@ def image_grid(
 def aaf_heatmap(weights: np.ndarray, depth: int, heads: int, path: str | Path) -> Path:
     """AAF weights (depth·heads,) in the authors' head-major order (head·depth + layer) as layers × heads."""
     grid = np.asarray(weights, dtype=np.float64).reshape(heads, depth).T
-    fig, ax = plt.subplots(figsize=(1.6 + 0.5 * heads, 1.0 + 0.4 * depth))
+    fig, ax = _pyplot().subplots(figsize=(1.6 + 0.5 * heads, 1.0 + 0.4 * depth))
     im = ax.imshow(grid, cmap="viridis", aspect="auto")
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
@@ -127,7 +131,7 @@ def iou_bars(per_class: Mapping[str, Mapping[str, float]], path: str | Path) -> 
     classes = list(dict.fromkeys(c for v in per_class.values() for c in v))
     width = 0.8 / max(len(names), 1)
     fig_w = float(np.clip(1.5 + 0.22 * len(classes) * max(1, len(names)) ** 0.5, 6.0, 22.0))
-    fig, ax = plt.subplots(figsize=(fig_w, 3.4))
+    fig, ax = _pyplot().subplots(figsize=(fig_w, 3.4))
     x = np.arange(len(classes))
     for i, name in enumerate(names):
         vals = [per_class[name].get(c, np.nan) for c in classes]
@@ -158,7 +162,8 @@ def curve_panels(panels: Sequence[Panel], path: str | Path, title: str, columns:
         raise ValueError("no panels to draw")
     cols = min(columns, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.7 * rows), squeeze=False)
+    ticker = load("viz", NEEDS, "matplotlib.ticker")
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.2 * cols, 2.7 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         if k >= len(panels):
             ax.axis("off")
@@ -170,9 +175,9 @@ def curve_panels(panels: Sequence[Panel], path: str | Path, title: str, columns:
         values = [v for _, ys in panel.series.values() for v in ys]
         if panel.log_y and min(values) > 0 and max(values) > 20 * min(values):  # log only across decades
             ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(NullFormatter())  # no '6×10⁻³' labels on every minor tick
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())  # no '6×10⁻³' labels on every minor tick
         if panel.xlabel == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel(panel.xlabel, fontsize=8)
         ax.set_title(panel.title, fontsize=9)
         ax.tick_params(labelsize=7)

@@ -18,9 +18,11 @@ import jinja2
 
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
+from weaktr.extras import require
 from weaktr.io import atomic_write
 from weaktr.report import sections
 from weaktr.report.artefacts import read_config, read_dataset, read_metrics, read_scores
+from weaktr.report.figures import NEEDS as REPORT_NEEDS
 from weaktr.runtime.layout import RunLayout
 from weaktr.runtime.logging import format_seconds
 
@@ -55,6 +57,7 @@ def build_report(run_dir: str | Path, n_examples: int | None = None) -> Path:
     ``n_examples`` (default: the config's ``report.n_examples``) is the number of sample images per
     figure (the CAM figure shows at most the images the views stage wrote). Returns index.html's path.
     """
+    require("viz", REPORT_NEEDS)  # before report/ is made
     lay = RunLayout(Path(run_dir))
     if not lay.root.is_dir():
         raise InputError("run directory not found", lay.root)

@@ -69,7 +69,7 @@ def open_report(index: Path, chromium: Path | None = None) -> Iterator[LoadedRep
     if chromium is None or not chromium.is_file():
         raise InputError("Chromium not found (Debian: apt-get install chromium)", chromium or "chromium")
     if not index.is_file():
-        raise InputError("report not found (build it with weaktr report)", index)
+        raise InputError("report not found (build it with 'weaktr report RUN_DIR')", index)
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="weaktr-chromium-") as profile, sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(

@@ -74,18 +74,52 @@ class RunContext:
         barrier()
 
     def amp(self, requested: bool) -> bool:
-        """The one AMP rule: bf16 where a section asks for it, on CUDA, or on the CPU with ``amp_cpu``
-        when the CPU computes bf16 natively (elsewhere it is emulated, ~100x slower than float32)."""
-        if not requested:
-            return False
-        if self.device.type == "cuda":
-            return True
-        if not self.cfg.amp_cpu:
-            return False
-        if cpu_bf16_native():
-            return True
-        _warn_emulated_bf16()
+        """The one AMP rule (:func:`amp_enabled`) with this run's device and ``amp_cpu``."""
+        return amp_enabled(self.device, requested, self.cfg.amp_cpu)
+
+
+def amp_enabled(device: torch.device, requested: bool, amp_cpu: bool) -> bool:
+    """The one AMP rule: bf16 where a section asks for it, on CUDA, or on the CPU with ``amp_cpu``
+    when the CPU computes bf16 natively (elsewhere it is emulated, ~100x slower than float32).
+
+    A function of its own so that work outside a run directory (``weaktr pretrain``) decides alike.
+    """
+    if not requested:
         return False
+    if device.type == "cuda":
+        return True
+    if not amp_cpu:
+        return False
+    if cpu_bf16_native():
+        return True
+    _warn_emulated_bf16()
+    return False
+
+
+# What makes a missing data set, by the kind of data the config is for; OUT is the folder the config
+# expects. Commands the CLI accepts as they stand (tests parse them); upper-case words are the user's paths.
+PREPARE_COMMANDS = {
+    "voc": "weaktr prepare voc --root data/VOCdevkit/VOC2012 --out {out}",
+    "coco": "weaktr prepare coco --annotations instances_train2014.json instances_val2014.json "
+    "--images COCO_IMAGES --out {out}",
+    "folder": "weaktr prepare folder --images IMAGES --labels LABELS.csv --out {out}",
+}
+
+
+def missing_dataset(cfg: RunConfig) -> InputError:
+    """The error of a run whose ``data.dataset`` does not exist: the ``weaktr prepare`` command that
+    makes it (VOC, COCO or a folder, as the data set's folder name suggests: the packaged configs
+    expect data/voc and data/coco) and the override that points the run elsewhere, so that a first
+    run without data says what to do next."""
+    path = Path(cfg.data.dataset)
+    out = path if path.suffix not in {".yaml", ".yml"} else path.parent
+    kind = next((k for k in ("coco", "voc") if k in out.name.lower()), "folder")
+    command = PREPARE_COMMANDS[kind].format(out=out.as_posix())
+    return InputError(
+        f"dataset description not found; make it with `{command}`, or point the run at a prepared "
+        "data set with data.dataset=/path/to/dataset.yaml",
+        path / "dataset.yaml" if out == path else path,
+    )
 
 
 def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
@@ -98,7 +132,10 @@ def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
         d = cfg.data.demo
         out = RunLayout(run_dir).demo_data
         return generate_demo(out, d.n_train, d.n_val, d.size, d.n_classes, d.seed, workers=2)
-    info = DatasetInfo.load(cfg.data.dataset)
+    described = Path(cfg.data.dataset)
+    if not (described / "dataset.yaml" if described.is_dir() else described).is_file():
+        raise missing_dataset(cfg)
+    info = DatasetInfo.load(described)
     items = dataset_items(info)
     done = fingerprint(items, info.num_classes)
     stamp = RunLayout(run_dir).data_check

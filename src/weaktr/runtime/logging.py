@@ -94,6 +94,26 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def log_file_only(text: str, level: int = logging.ERROR) -> Path | None:
+    """Write ``text`` to this process's ``log.txt`` alone, not the console (a traceback the console
+    shows as one line); returns the file, or None before a run opened one (or off the main rank)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+    record = logger.makeRecord(LOGGER_NAME, level, __file__, 0, text, None, None)
+    for handler in files:
+        handler.handle(record)
+    return Path(files[0].baseFilename) if files else None
+
+
+def close_log_file() -> None:
+    """Stop writing ``log.txt`` at the end of a command, so that a later command of the same process
+    (tests, ``benchmarks/gpu_check.py``) that opens no run neither appends to nor names this one."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def setup_logging(
     run_dir: str | Path | None, is_main: bool = True, level: int = logging.INFO
 ) -> logging.Logger:

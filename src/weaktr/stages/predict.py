@@ -15,7 +15,6 @@ The same function makes the train split's pseudo masks ("WeakTr as a labelling t
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from weaktr.cores import cap_workers, usable_cores
 from weaktr.crf import CRFParams, softmax_crf
 from weaktr.data.images import load_image
 from weaktr.data.palette import voc_palette
@@ -30,7 +30,7 @@ from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
 from weaktr.evaluation.onnx_backend import load_seg_net
 from weaktr.io import save_label_png, write_probs
-from weaktr.pools import process_pool
+from weaktr.pools import PerItem, process_pool
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier, shard
 from weaktr.runtime.layout import sibling_dir
@@ -49,6 +49,13 @@ def _crf_job(job: CRFJob) -> None:
     save_label_png(out_path, keys[softmax_crf(image, scores, params)].astype(np.uint8), palette)
 
 
+def _crf_item(job: CRFJob) -> str:
+    return f"image {job[4].stem}"
+
+
+_run_crf_job = PerItem(_crf_job, _crf_item)  # a failure names the image
+
+
 class _CRFQueue:
     """Runs CRF jobs in ``workers`` processes (in-process when ≤ 1), at most 2·workers in flight."""
 
@@ -59,9 +66,9 @@ class _CRFQueue:
 
     def submit(self, job: CRFJob) -> None:
         if self.pool is None:
-            _crf_job(job)
+            _run_crf_job(job)
             return
-        self.pending.append(self.pool.submit(_crf_job, job))
+        self.pending.append(self.pool.submit(_run_crf_job, job))
         while len(self.pending) > 2 * self.workers:
             self.pending.popleft().result()
 
@@ -109,7 +116,8 @@ def predict_split(
     params = CRFParams.preset(f"{p.crf_preset}_softmax", **p.crf_params.set_values()) if crf else None
     settings = InferenceSettings.from_config(p, amp=ctx.amp(p.amp))
     total_weight = 1.0 + (settings.ensemble_weight or 0.0)
-    workers = p.workers or max(1, len(os.sched_getaffinity(0)) // ctx.dist.world)
+    share = ctx.dist.world  # the ranks share the node's cores; 0 = all of this rank's share
+    workers = cap_workers(p.workers or usable_cores(share), "predict.workers", share)
     if len(todo) < len(ids):
         log.info("predict %s: %d of %d images done before, skipped", split, len(ids) - len(todo), len(ids))
     out_dir.mkdir(parents=True, exist_ok=True)

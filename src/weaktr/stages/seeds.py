@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from weaktr.cam.seeds import make_seeds
+from weaktr.cores import cap_workers, usable_cores
 from weaktr.crf import CRFParams
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
@@ -64,7 +64,7 @@ def seeds_stage(ctx: RunContext, cam_dir: str | Path, crf: bool, out_dir: str | 
     sc = ctx.cfg.seeds
     params = CRFParams.preset(f"{sc.crf_preset}_label", **sc.crf_params.set_values()) if crf else None
     ids = shard(cam_ids(cam_dir), ctx.dist.rank, ctx.dist.world)
-    workers = ctx.cfg.seeds.workers or len(os.sched_getaffinity(0))
+    workers = cap_workers(sc.workers or usable_cores(), "seeds.workers")  # 0 = every usable core
     log.info("seeds: t=%.2f, CRF %s, %d workers → %s", threshold, "on" if crf else "off", workers, out)
     make_seeds(
         cam_dir,

@@ -136,7 +136,8 @@ class CamTrainer(EpochTrainer):
             }
         )
         self.seed_epoch(0)
-        self.cam_model = build_cam_model(model_cfg, tc.pretrained).to(ctx.device)
+        model = build_cam_model(model_cfg, tc.pretrained, f"{self.section}.pretrained")
+        self.cam_model = model.to(ctx.device)
         self.model = self.cam_model
         self.lr0 = scaled_lr(tc.lr, tc.batch_size)
         self.optimizer = build_adamw(self.model.parameters(), self.lr0, tc.weight_decay)

@@ -189,7 +189,7 @@ class SegTrainer(EpochTrainer):
         )
         self.seed_epoch(0)
         pretrained = None if self.files.state.is_file() else st.pretrained
-        self.seg_model = build_segmenter(seg_cfg, pretrained).to(ctx.device)
+        self.seg_model = build_segmenter(seg_cfg, pretrained, f"{self.section}.pretrained").to(ctx.device)
         self.model = self.seg_model
         self.optimizer = build_sgd(
             param_groups(self.model, st.lr, st.encoder_lr_scale),
