@@ -328,6 +328,22 @@ def test_config_from_dict_checks_like_load_config():
         config_from_dict({"seg_train": {"epochs": "x"}})
 
 
+def test_derived_values_are_read_in_one_place_and_survive_a_save(tmp_path):
+    """data.cam_eval_split's None means train_split; cam_gen.refine's None means cam_model.refine
+    (True when the model section leaves it out); neither is a key of the saved config."""
+    voc = load_config("voc")
+    assert (voc.data.cam_eval_split_or_train, voc.refine) == ("train", True)
+    cfg = config_from_dict({"data": {"cam_eval_split": None}, "cam_model": {"refine": False}})
+    assert (cfg.data.cam_eval_split_or_train, cfg.refine) == ("train_aug", False)
+    assert config_from_dict({"cam_model": {"refine": False}, "cam_gen": {"refine": True}}).refine is True
+    assert load_config("demo", ["cam_model={backbone: deit_small_patch16_224}"]).refine is True
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert (again.data.cam_eval_split_or_train, again.refine) == ("train_aug", False)
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "cam_eval_split_or_train" not in saved["data"] and "refine" not in saved
+
+
 def test_saved_config_is_plain_yaml(tmp_path):
     cfg = load_config("demo", ["name='1e-3'", "report.gt_choices=['yes', '012', 'null']"])
     save_config(cfg, tmp_path / "c.yaml")

@@ -46,6 +46,17 @@ def test_preset_overrides_from_the_config() -> None:
         CRFParams.preset("voc_softmax", sxy=3)
 
 
+def test_build_is_the_preset_of_its_kind_with_the_overrides() -> None:
+    """The one builder of seeds (label), predict and the API (softmax): preset, kind, replaced fields."""
+    assert CRFParams.build("label", "voc") == CRFParams.voc_label()
+    assert CRFParams.build("softmax", "coco", {}) == CRFParams.coco_softmax()
+    cfg = config_from_dict({"predict": {"crf_preset": "coco", "crf_params": {"iterations": 2}}})
+    p = cfg.predict
+    assert CRFParams.build("softmax", p.crf_preset, p.crf_params.set_values()) == CRFParams(1, 3, 67, 3, 4, 2)
+    with pytest.raises(InputError, match="unknown CRF preset 'ade_label'"):
+        CRFParams.build("label", "ade")
+
+
 def test_label_crf_moves_a_noisy_seed_to_the_edge() -> None:
     image, truth = _two_region_image()
     rng = np.random.default_rng(1)

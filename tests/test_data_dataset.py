@@ -68,6 +68,25 @@ def test_yaml_round_trip_and_relative_root(tmp_path):
     assert (info.num_classes, info.num_fg) == (3, 2)
 
 
+def test_the_class_count_check_of_both_networks() -> None:
+    """A CAM network counts foreground classes, a segmenter label ids; the error names the config key
+    and its fix, or the checkpoint."""
+    info = DatasetInfo(name="d", root=Path("."), images="i", class_names=["background", "a", "b"])
+    info.check_model_classes(2, cam=True, key="cam_model.num_classes")
+    info.check_model_classes(3, cam=False, checkpoint="seg.safetensors")
+    key = r"^data set 'd' has 2 foreground classes but cam_model\.num_classes is 3 \(set it to 2\)$"
+    with pytest.raises(InputError, match=key):
+        info.check_model_classes(3, cam=True, key="cam_model.num_classes")
+    seg = r"label ids \(background included\) but seg_model\.n_cls is 21 \(set it to 3\)$"
+    with pytest.raises(InputError, match=seg):
+        info.check_model_classes(21, cam=False, key="seg_model.n_cls")
+    with pytest.raises(InputError, match="the CAM model predicts 3 classes but data set 'd' has 2 f") as err:
+        info.check_model_classes(3, cam=True, checkpoint="cam.safetensors")
+    assert err.value.path == Path("cam.safetensors")
+    with pytest.raises(InputError, match="the segmenter predicts 2 classes but data set 'd' has 3 label"):
+        info.check_model_classes(2, cam=False)
+
+
 def test_load_rejects_bad_yaml(tmp_path):
     (tmp_path / "d.yaml").write_text("name: x\nimages: i\nclass_names: [a]\nbogus: 1\n")
     with pytest.raises(InputError, match="bogus"):

@@ -10,6 +10,7 @@ import torch
 from conftest import TINY_SEG
 from torch import nn
 
+from weaktr.config import PredictConfig
 from weaktr.evaluation.inference import (
     InferenceSettings,
     multiscale_probs,
@@ -56,6 +57,12 @@ class Stub(nn.Module):
         self.seen.append(tuple(x.shape))
         y = self._out(self.head, x)
         return [y, self._out(self.head1, x)] if return_layer1 else [y]
+
+
+def test_the_default_settings_are_the_predict_sections():
+    """One set of defaults: the API without a run config batches and scales as ``weaktr run`` does."""
+    assert InferenceSettings() == InferenceSettings.from_config(PredictConfig())
+    assert InferenceSettings().window_batch == PredictConfig.window_batch == 4
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 
+from weaktr.runtime.layout import RunLayout
 from weaktr.runtime.logging import JsonlLogger, format_seconds, progress, setup_logging
 
 
@@ -35,7 +36,8 @@ def test_setup_logging_writes_log_txt_once(tmp_path):
     logger.info("hello %d", 3)
     for h in logger.handlers:
         h.flush()
-    assert (tmp_path / "log.txt").read_text().count("hello 3") == 1
+    assert RunLayout(tmp_path).log_txt == tmp_path / "log.txt"
+    assert RunLayout(tmp_path).log_txt.read_text().count("hello 3") == 1
     worker = setup_logging(tmp_path / "rank1", is_main=False)
     assert worker.level == logging.WARNING and not (tmp_path / "rank1").exists()
     setup_logging(None)

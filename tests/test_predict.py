@@ -19,6 +19,7 @@ from weaktr.data.images import load_image
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
+from weaktr.runtime.layout import nocrf_dir, probs_dir
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,7 @@ def test_predict_with_crf_writes_pngs_nocrf_and_probs(
     ctx = tiny_ctx(demo, tmp_path / "run", "predict.scales=[0.75, 1.0]")
     out = pr.predict_split(ctx, model_path, "val", tmp_path / "pred" / "val", crf=True, save_probs=True)
     assert out == tmp_path / "pred" / "val"
+    assert (nocrf_dir(out), probs_dir(out)) == (out.parent / "val_nocrf", out.parent / "val_probs")
     n_multi = n_changed = 0
     for i in demo.ids("val"):
         h, w = load_image(demo.image_path(i)).shape[:2]

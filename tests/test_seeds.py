@@ -6,13 +6,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
+from weaktr.config import load_config
 from weaktr.crf import CRFParams
+from weaktr.data.demo import generate_demo
+from weaktr.data.images import load_label_map
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
-from weaktr.io import load_cams, save_cams
+from weaktr.io import load_cams, read_json, save_cams
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import DistInfo
+from weaktr.stages.seeds import choose_threshold
 
 
 def test_seed_threshold_argmax_and_label_ids() -> None:
@@ -106,3 +113,22 @@ def test_make_seeds_bad_inputs(tmp_path: Path) -> None:
             progress=False,
         )
     assert not list((tmp_path / "s").glob("*"))
+
+
+def test_the_swept_threshold_is_written_where_the_layout_says(tmp_path: Path) -> None:
+    """seeds.threshold_from=gt_sweep records its choice at RunLayout.seed_threshold (metrics/) alone."""
+    run_dir = tmp_path / "run"
+    sweep = ["seeds.threshold_from=gt_sweep", "seeds.sweep=[0.3,0.5]"]
+    cfg = load_config("demo", [f"run_dir={run_dir}", *sweep])
+    info = generate_demo(tmp_path / "data", 4, 0, 32, 2, 0)
+    for i in info.ids("train"):  # each class's CAM is its GT region: every threshold in (0, 1) is exact
+        gt = load_label_map(info.mask_path(i))
+        classes = info.labels()[i]
+        save_cams(tmp_path / "cams" / f"{i}.npz", np.stack([gt == c for c in classes]), classes)
+    ctx = RunContext(cfg, run_dir, info, DistInfo(0, 1, 0, torch.device("cpu"), True))
+    assert cfg.data.cam_eval_split_or_train == "train"  # the demo's cam_eval_split
+    assert choose_threshold(ctx, tmp_path / "cams") == 0.3
+    assert ctx.layout.seed_threshold == run_dir / "metrics" / "seed_threshold.json"
+    assert [p.name for p in ctx.layout.metrics_dir.iterdir()] == ["seed_threshold.json"]
+    record = read_json(ctx.layout.seed_threshold)
+    assert (record["from"], record["split"], record["threshold"]) == ("gt_sweep", "train", 0.3)

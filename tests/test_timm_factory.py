@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_SEG
 
 from weaktr.errors import InputError
+from weaktr.models.cam import CAMConfig
+from weaktr.models.segmenter import SegConfig, build_segmenter
 from weaktr.models.stem import ConvStem
 from weaktr.models.timm_factory import create_backbone, normalisation, resolve_pretrained
 
@@ -59,3 +62,13 @@ def test_conv_stem_crops_like_a_strided_conv():
 def test_normalisation_comes_from_timm_configs():
     assert normalisation("deit_small_patch16_224")[0] == pytest.approx((0.485, 0.456, 0.406))
     assert normalisation("vit_small_patch16_384.augreg_in21k_ft_in1k") == ((0.5,) * 3, (0.5,) * 3)
+
+
+def test_each_model_config_owns_its_input_normalisation():
+    """The networks' configs give the backbone's (mean, std), which the segmenter hands to inference."""
+    name = "vit_small_patch16_384.augreg_in21k_ft_in1k"
+    assert CAMConfig(backbone=name).normalisation == normalisation(name) == ((0.5,) * 3, (0.5,) * 3)
+    cfg = SegConfig(**{**TINY_SEG, "backbone": name})
+    assert cfg.normalisation == normalisation(name)
+    model = build_segmenter(cfg)
+    assert (model.mean, model.std) == cfg.normalisation

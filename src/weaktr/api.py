@@ -40,7 +40,7 @@ from weaktr.evaluation.onnx_backend import OrtSegmenter, load_seg_net
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMNet, load_cam_model
 from weaktr.models.segmenter import Segmenter
-from weaktr.models.timm_factory import normalisation, normalise
+from weaktr.models.timm_factory import normalise
 from weaktr.runtime.context import run_dataset
 from weaktr.runtime.distributed import resolve_device
 from weaktr.runtime.layout import RunLayout
@@ -135,7 +135,7 @@ class WeakTr:
         self.settings = replace(
             settings or InferenceSettings(), **{k: v for k, v in given.items() if v is not None}
         )
-        self.crf_params = CRFParams.preset(f"{crf_preset}_softmax", **(crf_params or {}))
+        self.crf_params = CRFParams.build("softmax", crf_preset, crf_params)
 
     @classmethod
     def load(
@@ -242,7 +242,7 @@ class WeakTr:
     def _class_probs(self, arr: np.ndarray) -> np.ndarray:
         """Sigmoid of the class-token logits (C,) for the whole image at its own size."""
         model = self._cam_net()
-        x = normalise(arr, *normalisation(model.config.backbone))
+        x = normalise(arr, *model.config.normalisation)
         with torch.inference_mode():
             logits = model(x[None].to(self.device)).cls_logits[0]
         return torch.sigmoid(logits.float()).cpu().numpy()
@@ -270,7 +270,7 @@ class WeakTr:
         probs = self._class_probs(arr)
         if label_ids is None:
             label_ids = [i + 1 for i in np.flatnonzero(probs >= threshold)] or [int(probs.argmax()) + 1]
-        mean, std = normalisation(model.config.backbone)
+        mean, std = model.config.normalisation
         cams, classes = multiscale_cam(model, arr, list(label_ids), tuple(scales), mean, std, self.device)
         ids = [int(c) for c in classes]
         return CAMResult(cams.numpy(), ids, probs[[c - 1 for c in ids]].astype(np.float32))

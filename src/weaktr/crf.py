@@ -7,10 +7,10 @@ a process pool, since the CRF is single-threaded C++ and dominates the seed and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -23,6 +23,7 @@ from weaktr.pools import process_pool
 T = TypeVar("T")
 R = TypeVar("R")
 CRF_NEEDS = "the dense CRF"  # what the missing-extra error says needs pydensecrf
+CRFKind = Literal["label", "softmax"]  # the seeds' CRF on hard labels, the predictions' on scores
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ class CRFParams:
         if unknown:
             raise InputError(f"unknown CRF parameters {unknown}; known: {[f.name for f in fields(cls)]}")
         return replace(presets[name](), **overrides)
+
+    @classmethod
+    def build(cls, kind: CRFKind, preset: str, overrides: Mapping[str, float] | None = None) -> CRFParams:
+        """The one way a CRF is configured (seeds: ``label``, predictions and the API: ``softmax``): the
+        ``preset`` (``voc``, ``coco``) of that kind with the fields in ``overrides`` replaced."""
+        return cls.preset(f"{preset}_{kind}", **(overrides or {}))
 
 
 def _pydensecrf() -> tuple[ModuleType, ModuleType]:

@@ -27,7 +27,7 @@ from weaktr.io import write_json
 from weaktr.report.render import build_report
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier
-from weaktr.runtime.layout import RunLayout, sibling_dir
+from weaktr.runtime.layout import RunLayout, nocrf_dir
 from weaktr.stages.gen_cam import gen_cam_stage
 from weaktr.stages.predict import predict_split
 from weaktr.stages.scoring import evaluate_stage
@@ -49,10 +49,6 @@ class Stage:
     run: Callable[[RunContext], dict[str, Any] | None]
 
 
-def _cam_eval_split(ctx: RunContext) -> str:
-    return ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
-
-
 def _has_gt(ctx: RunContext) -> bool:
     return ctx.dataset.masks is not None
 
@@ -69,12 +65,7 @@ def _gen_cam(ctx: RunContext) -> dict[str, Any]:
 
 def _other_refine_kind(ctx: RunContext) -> str:
     """The CAM variant the pipeline does not use, evaluated for the report (with vs without PA)."""
-    refine = (
-        ctx.cfg.cam_gen.refine
-        if ctx.cfg.cam_gen.refine is not None
-        else ctx.cfg.cam_model.get("refine", True)
-    )
-    return "fused" if refine else "refined"
+    return "fused" if ctx.cfg.refine else "refined"
 
 
 def _cam_variant_sample(ctx: RunContext, split: str) -> list[str]:
@@ -93,7 +84,7 @@ def _eval_cams(ctx: RunContext) -> dict[str, Any]:
     """
     if not _has_gt(ctx):
         return {"skipped": "the data set has no ground-truth masks"}
-    lay, split = ctx.layout, _cam_eval_split(ctx)
+    lay, split = ctx.layout, ctx.cfg.data.cam_eval_split_or_train
     results = {"cam_fine": evaluate_stage(ctx, lay.cams, split, "cam_fine", sweep=True)}
     other = _other_refine_kind(ctx)
     dirs = {kind: lay.cams_of(kind) for kind in ("coarse", other)}
@@ -114,11 +105,12 @@ def _eval_cams(ctx: RunContext) -> dict[str, Any]:
 
 def _seeds(ctx: RunContext) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    split = ctx.cfg.data.cam_eval_split_or_train
     for crf in (False, True) if ctx.cfg.seeds.crf else (False,):
         seed_dir = ctx.layout.seeds(crf)
         seeds_stage(ctx, ctx.layout.cams, crf=crf, out_dir=seed_dir)
         if _has_gt(ctx):
-            out[seed_dir.name] = _headline(evaluate_stage(ctx, seed_dir, _cam_eval_split(ctx), seed_dir.name))
+            out[seed_dir.name] = _headline(evaluate_stage(ctx, seed_dir, split, seed_dir.name))
     return out
 
 
@@ -136,7 +128,7 @@ def _predict(ctx: RunContext) -> dict[str, Any]:
     """Predict each of predict.splits; a train-side split (the training split, or the GT split CAMs are
     scored on: VOC's ``train`` inside ``train_aug``) gives pseudo masks, any other the segmenter's score."""
     out: dict[str, Any] = {}
-    train_side = {ctx.cfg.data.train_split, _cam_eval_split(ctx)}
+    train_side = {ctx.cfg.data.train_split, ctx.cfg.data.cam_eval_split_or_train}
     for split in ctx.cfg.predict.splits:
         pred_dir = predict_split(
             ctx, ctx.layout.seg_model, split, ctx.layout.pred(split), crf=ctx.cfg.predict.crf
@@ -151,10 +143,10 @@ def _predict(ctx: RunContext) -> dict[str, Any]:
         if not _has_gt(ctx) or split not in ctx.dataset.splits:
             continue
         name = "pseudo_masks" if is_train else "segmenter"
-        eval_split = _cam_eval_split(ctx) if is_train else split
+        eval_split = ctx.cfg.data.cam_eval_split_or_train if is_train else split
         out[name] = _headline(evaluate_stage(ctx, pred_dir, eval_split, name))
         if ctx.cfg.predict.crf:
-            nocrf = sibling_dir(pred_dir, "_nocrf")
+            nocrf = nocrf_dir(pred_dir)
             out[f"{name}_nocrf"] = _headline(evaluate_stage(ctx, nocrf, eval_split, f"{name}_nocrf"))
     return out
 

@@ -20,7 +20,7 @@ def execute(args: argparse.Namespace) -> int:
     ctx = open_run(load_run_config(args), save=False)
     pred = Path(args.pred)
     data = ctx.cfg.data
-    split = args.split or ((data.cam_eval_split or data.train_split) if args.cams else data.val_split)
+    split = args.split or (data.cam_eval_split_or_train if args.cams else data.val_split)
     name = args.name or pred.name
     evaluate_stage(ctx, pred, split, name, sweep=args.cams, gt=args.gt)
     if ctx.dist.is_main:

@@ -53,7 +53,7 @@ def _sources(args: argparse.Namespace) -> tuple[Path, DatasetInfo, str]:
     split = args.split or getattr(cfg.data, WHAT[args.what])
     if not args.split and args.what == "pseudo_masks" and not run.pred(split).is_dir():
         # voc trains on train_aug but relabels train, the split with GT that CAMs are scored on
-        split = cfg.data.cam_eval_split or split
+        split = cfg.data.cam_eval_split_or_train
     labels = run.pred(split)
     if not labels.is_dir():
         raise InputError(f"no label maps of split {split!r}: run the predict stage first", labels)

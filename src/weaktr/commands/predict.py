@@ -27,7 +27,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         require("onnx", "--backend onnxruntime", "onnxruntime")
     from weaktr.runtime.context import open_run
-    from weaktr.runtime.layout import sibling_dir
+    from weaktr.runtime.layout import nocrf_dir, probs_dir
     from weaktr.stages.predict import predict_split
 
     ctx = open_run(cfg)
@@ -39,9 +39,9 @@ def execute(args: argparse.Namespace) -> int:
         if ctx.dist.is_main:
             print(f"{split}: {out.resolve()}" + ("  (after CRF)" if crf else ""))
             if crf:
-                print(f"  before CRF:    {sibling_dir(out, '_nocrf').resolve()}")
+                print(f"  before CRF:    {nocrf_dir(out).resolve()}")
             if args.save_probs:
-                print(f"  probabilities: {sibling_dir(out, '_probs').resolve()}")
+                print(f"  probabilities: {probs_dir(out).resolve()}")
     return 0
 
 

@@ -41,6 +41,12 @@ class DataConfig:
     cam_eval_split: str | None = "train"
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
 
+    @property
+    def cam_eval_split_or_train(self) -> str:
+        """The split CAMs, seeds and pseudo masks are scored on (and the GT choices made on): the one
+        reading of ``cam_eval_split``'s None."""
+        return self.cam_eval_split or self.train_split
+
 
 @dataclass
 class CamTrainConfig:
@@ -95,7 +101,7 @@ class CRFOverrides:
     gt_prob: float | None = None  # label CRF only
 
     def set_values(self) -> dict[str, Any]:
-        """The overridden values only, as keywords for :meth:`weaktr.crf.CRFParams.preset`."""
+        """The overridden values only, for :meth:`weaktr.crf.CRFParams.build`."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
@@ -227,6 +233,14 @@ class RunConfig:
     seg_model: dict[str, Any] = field(default_factory=_default_seg_model)
     predict: PredictConfig = field(default_factory=PredictConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def refine(self) -> bool:
+        """Whether the CAMs in use are PA-refined: cam_gen.refine when set, else the configured model's
+        own ``cam_model.refine`` (CAMConfig's default, True, when the section leaves it out)."""
+        if self.cam_gen.refine is not None:
+            return self.cam_gen.refine
+        return bool(self.cam_model.get("refine", True))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""

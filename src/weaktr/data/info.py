@@ -195,6 +195,23 @@ class DatasetInfo:
         """Number of foreground classes = CAM class tokens; fg index i is label id i + 1."""
         return self.num_classes - 1
 
+    def check_model_classes(
+        self, n: int, cam: bool, key: str | None = None, checkpoint: str | Path | None = None
+    ) -> None:
+        """Refuse a model made for another data set before any work: a CAM network (``cam``) has one
+        class token per foreground class, a segmenter one output per label id. The error names the
+        config ``key`` that set ``n`` (and what to set it to), else the ``checkpoint`` it came from."""
+        fg = (self.num_fg, "foreground classes")
+        want, unit = fg if cam else (self.num_classes, "label ids (background included)")
+        if n == want:
+            return
+        if key is not None:
+            raise InputError(f"data set {self.name!r} has {want} {unit} but {key} is {n} (set it to {want})")
+        model = "CAM model" if cam else "segmenter"
+        raise InputError(
+            f"the {model} predicts {n} classes but data set {self.name!r} has {want} {unit}", checkpoint
+        )
+
     def labels(self) -> dict[str, list[int]]:
         """Image-level labels {id: sorted fg label ids}, read once from the image_labels JSON."""
         if self._labels is None:

@@ -50,7 +50,7 @@ class InferenceSettings:
     window: int = 480
     stride: int = 320
     base_size: int | None = 520
-    window_batch: int = 8
+    window_batch: int = PredictConfig.window_batch  # the one default: the API's is the run's
     ensemble_weight: float | None = 0.8
     amp: bool = False
     fused_cpu: bool = True

@@ -24,6 +24,7 @@ from weaktr.errors import InputError
 from weaktr.io import load_checkpoint, save_checkpoint
 from weaktr.models.aaf import AAF, FEATURES, FUSIONS, POOLS
 from weaktr.models.backbone import BackboneOutput, ViTBackbone
+from weaktr.models.timm_factory import normalisation
 
 CHECKPOINT_TYPE = "weaktr-cam"
 OFFICIAL_AAF_PREFIX = "adaptive_attention_fusion."
@@ -74,6 +75,11 @@ class CAMConfig:
         if unknown:
             raise InputError(f"unknown CAM config key(s) {unknown}; known keys: {sorted(known)}")
         return cls(**data)
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) of every input image: the backbone's, so training, CAMs, views and API agree."""
+        return normalisation(self.backbone)
 
     def timm_overrides(self) -> dict[str, int]:
         """The architecture overrides that are set, as timm keyword arguments."""

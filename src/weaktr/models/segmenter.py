@@ -64,6 +64,11 @@ class SegConfig:
             raise InputError(f"unknown segmenter config keys {unknown}; known: {sorted(known)}")
         return cls(**d)
 
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (mean, std) of every input image: the backbone's, for training crops and inference alike."""
+        return normalisation(self.backbone)
+
 
 class SegOutput(NamedTuple):
     """Final logits and the decoder-block-1 logits of the two-layer ensemble, both (B, n_cls, H, W)."""
@@ -178,7 +183,7 @@ class Segmenter(nn.Module):
         self.decoder = MaskDecoder(
             d, d, cfg.n_cls, cfg.decoder_layers, cfg.decoder_dropout, cfg.scale_by_sqrt_d
         )
-        self.mean, self.std = normalisation(cfg.backbone)
+        self.mean, self.std = cfg.normalisation
 
     @property
     def num_prefix_tokens(self) -> int:

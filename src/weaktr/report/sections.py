@@ -25,7 +25,7 @@ from weaktr.report.artefacts import (
     rel,
 )
 from weaktr.report.curves import log_panels
-from weaktr.runtime.layout import RunLayout, sibling_dir
+from weaktr.runtime.layout import RunLayout, nocrf_dir
 
 # Summary rows in pipeline order: key in summary.json / metrics/<key>.json -> what it is.
 STAGE_LABELS: dict[str, str] = {
@@ -107,7 +107,7 @@ def summary(
 ) -> Section:
     """mIoU per artefact with the images each score used, the run's time and the GT-based choices."""
     cfg = page.cfg
-    train = (cfg.data.cam_eval_split or cfg.data.train_split) if cfg else "train"
+    train = cfg.data.cam_eval_split_or_train if cfg else "train"
     val = cfg.data.val_split if cfg else "val"
     split_of = {k: train for k in STAGE_LABELS} | {"segmenter": val, "segmenter_nocrf": val}
     rows, sampled = [], []
@@ -147,7 +147,7 @@ def summary(
 
 def gt_choices(cfg: RunConfig) -> list[str]:
     """What the run selected with pixel labels, which a truly weakly-supervised run would not have."""
-    split = cfg.data.cam_eval_split or cfg.data.train_split
+    split = cfg.data.cam_eval_split_or_train
     items = []
     if cfg.seeds.threshold_from == "gt_sweep":
         items.append(f"the seed threshold was swept against the GT of split '{split}'")
@@ -266,7 +266,7 @@ def examples(page: Page, cfg: RunConfig, dataset: DatasetInfo) -> Section | None
         page.absent.append(f"{rel(page.lay, pred_dir)} (predictions of split '{split}')")
         return None
     ids = spread(present_ids(dataset, split), page.n)
-    nocrf = sibling_dir(pred_dir, "_nocrf")
+    nocrf = nocrf_dir(pred_dir)
     cols = ["image", "GT", "prediction"] + (["before CRF"] if nocrf.is_dir() else [])
     rows = []
     for image_id in ids:

@@ -155,6 +155,11 @@ class RunLayout:
         return self.metrics_dir / f"{name}.json"
 
     @property
+    def seed_threshold(self) -> Path:
+        """The seed threshold swept on pixel GT (``seeds.threshold_from: gt_sweep``) and its sweep."""
+        return self.metrics("seed_threshold")
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 
@@ -177,6 +182,12 @@ class RunLayout:
         return self.root / "tb"
 
 
-def sibling_dir(out_dir: Path, suffix: str) -> Path:
-    """``<out_dir><suffix>`` beside ``out_dir`` (``pred/val`` → ``pred/val_nocrf``)."""
-    return out_dir.parent / f"{out_dir.name}{suffix}"
+def nocrf_dir(pred_dir: Path) -> Path:
+    """The predictions of ``pred_dir`` before the softmax CRF, beside it (``pred/val`` →
+    ``pred/val_nocrf``); a function of the folder, as ``weaktr predict --out`` may be outside the run."""
+    return pred_dir.parent / f"{pred_dir.name}_nocrf"
+
+
+def probs_dir(pred_dir: Path) -> Path:
+    """The class probabilities of ``pred_dir``'s predictions (``predict --save-probs``), beside it."""
+    return pred_dir.parent / f"{pred_dir.name}_probs"

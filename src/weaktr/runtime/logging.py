@@ -17,6 +17,7 @@ from typing import IO, Any, TypeVar
 from tqdm import tqdm
 
 from weaktr.runtime.distributed import is_main_process
+from weaktr.runtime.layout import RunLayout
 
 T = TypeVar("T")
 LOGGER_NAME = "weaktr"
@@ -132,7 +133,7 @@ def setup_logging(
     logger.addHandler(console)
     if is_main and run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(run_dir) / "log.txt", encoding="utf-8")
+        file_handler = logging.FileHandler(RunLayout.of(run_dir).log_txt, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(file_handler)
     return logger

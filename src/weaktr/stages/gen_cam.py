@@ -14,7 +14,6 @@ from weaktr.cam.generate import CAM_KINDS, DEFAULT_MAX_PIXELS, generate_cams
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.models.cam import load_cam_model
-from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier
 
@@ -64,7 +63,7 @@ def write_split_cams(
 ) -> Path:
     """CAMs of ``split`` (or of its images ``ids``) with an already loaded model, sharded over ranks;
     all ranks return together. ``also`` maps further CAM kinds to folders, written from the same forwards."""
-    mean, std = normalisation(model.config.backbone)
+    mean, std = model.config.normalisation
     generate_cams(
         model,
         cam_items(ctx.dataset, split, ids),
@@ -98,16 +97,11 @@ def gen_cam_stage(
     ids: Sequence[str] | None = None,
 ) -> Path:
     """Multi-scale CAMs of ``split`` (default data.train_split; only ``ids`` when given) into ``out_dir``
-    (default run_dir/cams); ``also`` maps further kinds to folders, written from the same forwards."""
+    (default the run's ``cams``); ``also`` maps further kinds to folders, written from the same forwards."""
     split = split or ctx.cfg.data.train_split
-    out = Path(out_dir) if out_dir is not None else ctx.run_dir / "cams"
+    out = Path(out_dir) if out_dir is not None else ctx.layout.cams
     model = load_cam_model(model_path, ctx.device)
-    if model.config.num_classes != ctx.dataset.num_fg:
-        raise InputError(
-            f"the CAM model has {model.config.num_classes} classes but data set "
-            f"{ctx.dataset.name!r} has {ctx.dataset.num_fg}",
-            model_path,
-        )
+    ctx.dataset.check_model_classes(model.config.num_classes, cam=True, checkpoint=model_path)
     ctx.clear_temporaries(out, *(also or {}).values())
     of = "" if ids is None else f"{len(ids)} images of "
     log.info("gen-cam: %s CAMs of %ssplit %r → %s", kind, of, split, out)

@@ -26,14 +26,13 @@ from weaktr.cores import cap_workers, usable_cores
 from weaktr.crf import CRFParams, softmax_crf
 from weaktr.data.images import load_image
 from weaktr.data.palette import voc_palette
-from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
 from weaktr.evaluation.onnx_backend import load_seg_net
 from weaktr.io import save_label_png, write_probs
 from weaktr.pools import PerItem, process_pool
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier, shard
-from weaktr.runtime.layout import sibling_dir
+from weaktr.runtime.layout import nocrf_dir, probs_dir
 from weaktr.runtime.logging import progress
 
 log = logging.getLogger("weaktr")
@@ -97,23 +96,18 @@ def predict_split(
     """
     info, p = ctx.dataset, ctx.cfg.predict
     out_dir = Path(out_dir)
-    nocrf_dir, probs_dir = sibling_dir(out_dir, "_nocrf"), sibling_dir(out_dir, "_probs")
-    ctx.clear_temporaries(out_dir, nocrf_dir, probs_dir)
+    nocrf, probs = nocrf_dir(out_dir), probs_dir(out_dir)
+    ctx.clear_temporaries(out_dir, nocrf, probs)
     model = load_seg_net(model_path, backend, ctx.device)
-    if model.n_cls != info.num_classes:
-        raise InputError(
-            f"the segmenter predicts {model.n_cls} classes but data set {info.name!r} has "
-            f"{info.num_classes} label ids",
-            model_path,
-        )
+    info.check_model_classes(model.n_cls, cam=False, checkpoint=model_path)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
     todo = [
         i
         for i in ids
-        if not (out_dir / f"{i}.png").is_file() or (save_probs and not (probs_dir / f"{i}.npz").is_file())
+        if not (out_dir / f"{i}.png").is_file() or (save_probs and not (probs / f"{i}.npz").is_file())
     ]
     palette = voc_palette() if info.palette == "voc" else None
-    params = CRFParams.preset(f"{p.crf_preset}_softmax", **p.crf_params.set_values()) if crf else None
+    params = CRFParams.build("softmax", p.crf_preset, p.crf_params.set_values()) if crf else None
     settings = InferenceSettings.from_config(p, amp=ctx.amp(p.amp))
     total_weight = 1.0 + (settings.ensemble_weight or 0.0)
     share = ctx.dist.world  # the ranks share the node's cores; 0 = all of this rank's share
@@ -132,12 +126,12 @@ def predict_split(
                 present = score[keys].cpu().numpy()
                 keys_np = keys.cpu().numpy()
                 if save_probs:
-                    write_probs(probs_dir / f"{image_id}.npz", present / total_weight, keys_np)
+                    write_probs(probs / f"{image_id}.npz", present / total_weight, keys_np)
                 labels = pred.cpu().numpy().astype(np.uint8)
                 if params is None:
                     save_label_png(out_dir / f"{image_id}.png", labels, palette)
                     continue
-                save_label_png(nocrf_dir / f"{image_id}.png", labels, palette)
+                save_label_png(nocrf / f"{image_id}.png", labels, palette)
                 queue.submit((image, present, keys_np, params, out_dir / f"{image_id}.png", palette))
     finally:
         queue.close()

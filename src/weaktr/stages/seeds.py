@@ -34,7 +34,7 @@ def choose_threshold(ctx: RunContext, cam_dir: Path) -> float:
     seeds = ctx.cfg.seeds
     if seeds.threshold_from == "config":
         return seeds.threshold
-    split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
+    split = ctx.cfg.data.cam_eval_split_or_train
     ids = ctx.dataset.ids(split)
     missing = sorted(set(ids) - set(cam_ids(cam_dir)))
     if missing:
@@ -49,7 +49,7 @@ def choose_threshold(ctx: RunContext, cam_dir: Path) -> float:
             cam_dir, gt_dir(ctx.dataset), ids, sweep_range(seeds.sweep), ctx.dataset.num_classes
         )
         write_json(
-            ctx.run_dir / "metrics" / "seed_threshold.json",
+            ctx.layout.seed_threshold,
             {"threshold": best, "from": "gt_sweep", "split": split, "miou_by_threshold": results},
         )
         log.info("seeds: threshold %.2f chosen on split %r (mIoU %.4f)", best, split, results[best])
@@ -62,7 +62,7 @@ def seeds_stage(ctx: RunContext, cam_dir: str | Path, crf: bool, out_dir: str | 
     ctx.clear_temporaries(out)
     threshold = choose_threshold(ctx, cam_dir)
     sc = ctx.cfg.seeds
-    params = CRFParams.preset(f"{sc.crf_preset}_label", **sc.crf_params.set_values()) if crf else None
+    params = CRFParams.build("label", sc.crf_preset, sc.crf_params.set_values()) if crf else None
     ids = shard(cam_ids(cam_dir), ctx.dist.rank, ctx.dist.world)
     workers = cap_workers(sc.workers or usable_cores(), "seeds.workers")  # 0 = every usable core
     log.info("seeds: t=%.2f, CRF %s, %d workers → %s", threshold, "on" if crf else "off", workers, out)

@@ -27,10 +27,8 @@ from weaktr.data.torch_datasets import ClassificationDataset
 from weaktr.data.transforms import cam_train_transform
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
-from weaktr.errors import InputError
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
-from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import all_reduce_sum, barrier
 from weaktr.runtime.logging import progress
@@ -42,17 +40,9 @@ log = logging.getLogger("weaktr")
 LOSS_KEYS = ("cls", "coarse", "fine", "total")
 
 
-def _check_classes(ctx: RunContext, model_cfg: CAMConfig) -> None:
-    if ctx.dataset.num_fg != model_cfg.num_classes:
-        raise InputError(
-            f"data set {ctx.dataset.name!r} has {ctx.dataset.num_fg} foreground classes but "
-            f"cam_model.num_classes is {model_cfg.num_classes} (set it to {ctx.dataset.num_fg})"
-        )
-
-
 def _dataset(ctx: RunContext, model_cfg: CAMConfig) -> ClassificationDataset:
     tc = ctx.cfg.cam_train
-    mean, std = normalisation(model_cfg.backbone)
+    mean, std = model_cfg.normalisation
     transform = cam_train_transform(
         tc.img_size, mean, std, tuple(tc.crop_scale), auto_augment=tc.randaug, re_prob=tc.reprob
     )
@@ -91,7 +81,7 @@ def train_step(
 
 def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
     """(mIoU, threshold) of scale-1.0+flip CAMs on data.cam_eval_split (rank 0; others get NaNs)."""
-    split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
+    split = ctx.cfg.data.cam_eval_split_or_train
     work = ctx.layout.cam_select_work
     if ctx.dist.is_main:
         shutil.rmtree(work, ignore_errors=True)
@@ -119,7 +109,7 @@ class CamTrainer(EpochTrainer):
 
     def __init__(self, ctx: RunContext, model_cfg: CAMConfig) -> None:
         tc, lay = ctx.cfg.cam_train, ctx.layout
-        split = ctx.cfg.data.cam_eval_split or ctx.cfg.data.train_split
+        split = ctx.cfg.data.cam_eval_split_or_train
         selection = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
         super().__init__(
             ctx, PhaseFiles(lay.cam_model, lay.cam_state, lay.cam_log, lay.cam_selection), selection
@@ -205,7 +195,7 @@ class CamTrainer(EpochTrainer):
     def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each fixed train image beside the scale-1.0+flip CAMs of its first three classes."""
         ctx, model = self.ctx, self.cam_model
-        mean, std = normalisation(model.config.backbone)
+        mean, std = model.config.normalisation
         kind = resolve_kind(ctx, "default")
         rows = []
         for _, path, labels in cam_items(ctx.dataset, ctx.cfg.data.train_split)[:GRID_IMAGES]:
@@ -219,7 +209,7 @@ def train_cam(ctx: RunContext) -> Path:
     """Train (or resume training) the CAM network of ``ctx.cfg``; returns the selected checkpoint."""
     tc = ctx.cfg.cam_train
     model_cfg = CAMConfig.from_dict(ctx.cfg.cam_model)
-    _check_classes(ctx, model_cfg)
+    ctx.dataset.check_model_classes(model_cfg.num_classes, cam=True, key="cam_model.num_classes")
     if tc.select_checkpoint == "gt_miou":
         gt_dir(ctx.dataset)
     trainer = CamTrainer(ctx, model_cfg)

@@ -35,7 +35,6 @@ from weaktr.evaluation.inference import InferenceSettings, inference_precision, 
 from weaktr.evaluation.metrics import ConfusionMatrix
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter, param_groups, save_segmenter
-from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import shard
 from weaktr.runtime.logging import progress
@@ -55,7 +54,7 @@ def _datasets(
     checks = check_label_maps(info, ids, label_dir, seg_cfg.n_cls)
     for _ in progress(checks, desc="check seeds", total=len(ids)):
         pass
-    mean, std = normalisation(seg_cfg.backbone)
+    mean, std = seg_cfg.normalisation
     kw: dict[str, Any] = dict(
         base_size=st.base_size,
         ratio_range=tuple(st.ratio_range),
@@ -137,11 +136,7 @@ def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[st
 def _eval_split(ctx: RunContext, seg_cfg: SegConfig) -> str | None:
     """Validate the class count and the checkpoint choice; returns the evaluation split (None = none)."""
     st, info = ctx.cfg.seg_train, ctx.dataset
-    if info.num_classes != seg_cfg.n_cls:
-        raise InputError(
-            f"data set {info.name!r} has {info.num_classes} label ids (background included) but "
-            f"seg_model.n_cls is {seg_cfg.n_cls} (set it to {info.num_classes})"
-        )
+    info.check_model_classes(seg_cfg.n_cls, cam=False, key="seg_model.n_cls")
     split = st.eval_split or ctx.cfg.data.val_split
     if st.select_checkpoint == "gt_val" and (st.eval_every <= 0 or info.masks is None):
         raise InputError(

@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from weaktr.data.images import load_image, load_label_map
 from weaktr.data.info import DatasetInfo
 from weaktr.data.sampling import view_ids
-from weaktr.errors import InputError
 from weaktr.io import save_views, write_json
 from weaktr.models.cam import CAMNet, load_cam_model
-from weaktr.models.timm_factory import normalisation
+from weaktr.models.timm_factory import normalise
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import barrier
 from weaktr.runtime.layout import RunLayout
@@ -66,10 +65,7 @@ def cam_views(model: CAMNet, image: np.ndarray, label_id: int, device: torch.dev
     The patch attention is the row of the fused patch attention of the query patch, which is the
     argmax of the refined fine CAM (where the refinement draws its evidence from).
     """
-    mean, std = normalisation(model.config.backbone)
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
-    x = ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None].to(device)
-    out = model(x)
+    out = model(normalise(image, *model.config.normalisation, device)[None])
     c = label_id - 1
     H, W = image.shape[:2]
     h, w = out.fine_cam.shape[-2:]
@@ -135,12 +131,7 @@ def views_stage(ctx: RunContext) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if ctx.dist.is_main:
         model = load_cam_model(lay.cam_model, ctx.device)
-        if model.config.num_classes != ctx.dataset.num_fg:
-            raise InputError(
-                f"the CAM model has {model.config.num_classes} classes but data set "
-                f"{ctx.dataset.name!r} has {ctx.dataset.num_fg}",
-                lay.cam_model,
-            )
+        ctx.dataset.check_model_classes(model.config.num_classes, cam=True, checkpoint=lay.cam_model)
         ids = view_ids(ctx.dataset, split, ctx.cfg.report.n_examples)
         index = write_views(model, ctx.dataset, split, ids, lay, ctx.device)
         log.info("views: %d images of split %r → %s", len(ids), split, lay.views)
