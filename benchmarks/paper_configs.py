@@ -52,16 +52,18 @@ SEGMENTER_ONLY = ("voc_vit_small", "voc_dinov2_small", "voc_eva02_small")
 CONFIGS = ("voc", *SEGMENTER_ONLY, "coco")
 
 # runs the command and writes the peak resident memory of its largest process (itself or a worker)
+# and the CPU seconds of all of them
 _PEAK = (
     "import resource, subprocess, sys\n"
     "code = subprocess.run(sys.argv[2:]).returncode\n"
-    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "open(sys.argv[1], 'w').write(f'{r.ru_maxrss} {r.ru_utime + r.ru_stime}')\n"
     "sys.exit(code)\n"
 )
 
 
 def weaktr(args: list[str], work: Path, log: Path) -> dict[str, Any]:
-    """Run ``python -m weaktr ARGS`` offline in ``work``; its seconds, peak memory (MB) and exit code."""
+    """Run ``python -m weaktr ARGS`` offline in ``work``: wall and CPU seconds, peak MB, exit code."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     peak = log.with_suffix(".peak")
     t0 = time.time()
@@ -73,10 +75,12 @@ def weaktr(args: list[str], work: Path, log: Path) -> dict[str, Any]:
             stdout=out,
             stderr=subprocess.STDOUT,
         ).returncode
+    maxrss, cpu = peak.read_text().split() if peak.is_file() else (None, None)
     return {
         "args": args,
         "seconds": round(time.time() - t0, 1),
-        "peak_mb": round(int(peak.read_text()) / 1024) if peak.is_file() else None,
+        "cpu_seconds": None if cpu is None else round(float(cpu), 1),
+        "peak_mb": None if maxrss is None else round(int(maxrss) / 1024),
         "exit_code": code,
         "log": str(log),
     }
@@ -197,8 +201,8 @@ def table(results: dict[str, Any]) -> str:
     """The markdown table of docs/benchmarks.md: one row per command, stage seconds and peak memory."""
     stages = ("train_cam", "gen_cam", "eval_cams", "views", "seeds", "train_seg", "predict", "report")
     lines = [
-        "| run | " + " | ".join(stages) + " | wall s | peak MB | exit |",
-        "|---|" + "---:|" * (len(stages) + 3),
+        "| run | " + " | ".join(stages) + " | wall s | CPU s | peak MB | exit |",
+        "|---|" + "---:|" * (len(stages) + 4),
     ]
     for name, rec in results.items():
         if not isinstance(rec, dict) or "exit_code" not in rec:
@@ -211,7 +215,7 @@ def table(results: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | "
             + " | ".join(cells)
-            + f" | {rec['seconds']:.0f} | {rec['peak_mb']} | {rec['exit_code']} |"
+            + f" | {rec['seconds']:.0f} | {rec['cpu_seconds']:.0f} | {rec['peak_mb']} | {rec['exit_code']} |"
         )
     return "\n".join(lines)
 
@@ -228,13 +232,21 @@ def main() -> int:
     from common import machine
 
     work = args.work or Path(f"/tmp/weaktr-paper-configs-{time.strftime('%Y%m%d-%H%M%S')}")
-    t0 = time.time()
+    t0, load_before = time.time(), os.getloadavg()
     results = run_plan(work, tuple(args.configs))
-    record = {"machine": machine(), "seconds": round(time.time() - t0, 1), "work": str(work), "runs": results}
+    record = {
+        "machine": machine(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "seconds": round(time.time() - t0, 1),
+        "work": str(work),
+        "runs": results,
+    }
     out = args.out or HERE / "results" / f"paper_configs_{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(table(results))
-    print(f"\n{record['machine']['cpu']}, {record['seconds']:.0f} s in all; results: {out}")
+    load = f"load {load_before[0]:.1f} before, {record['load_after'][0]:.1f} after"
+    print(f"\n{record['machine']['cpu']}, {record['seconds']:.0f} s in all ({load}); results: {out}")
     return 0 if all(r.get("exit_code", 0) == 0 for r in results.values() if isinstance(r, dict)) else 1
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import TINY_CAM
 from safetensors.torch import save_file
 
+from weaktr.cam.generate import select_cam
 from weaktr.errors import InputError
 from weaktr.io import save_checkpoint
 from weaktr.models.aaf import AAF
@@ -49,8 +50,10 @@ def test_shapes_patch16_non_square_and_non_divisible() -> None:
         ("aaf_weights", (B, M)),
     ]:
         assert tuple(getattr(out, name).shape) == shape, name
-    assert out.cam is out.fine_cam
-    assert tiny(refine=False)(torch.randn(1, 3, 32, 48)).cam.shape == (1, 3, 2, 3)
+    assert select_cam(out, "default", refine=True) is out.fine_cam  # the CAM used downstream
+    plain = tiny(refine=False)(torch.randn(1, 3, 32, 48))
+    assert select_cam(plain, "default", refine=False) is plain.fused_cam
+    assert plain.fused_cam.shape == (1, 3, 2, 3)
 
 
 def test_shapes_conv_stem_patch8() -> None:

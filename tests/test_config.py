@@ -16,7 +16,6 @@ from weaktr.config import (
     GCConfig,
     RunConfig,
     SegTrainConfig,
-    config_from_dict,
     load_config,
     packaged_configs,
     save_config,
@@ -80,7 +79,6 @@ def test_packaged_configs_load_and_round_trip(name, tmp_path):
     assert cfg.name == name
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg  # a run repeated from its own config.yaml
-    assert config_from_dict(cfg.to_dict()) == cfg
 
 
 def test_packaged_set_is_complete():
@@ -309,7 +307,7 @@ def test_values_are_converted_only_where_yaml_is_lossy(tmp_path):
     assert all(type(v) is float for v in floats)
     assert cfg.predict.flip is True  # YAML's own boolean
     assert load_config(None, ["cam_train.pretrained=null"]).cam_train.pretrained is None
-    assert config_from_dict({"seg_train": {"lr": "1e-4"}}).seg_train.lr == 1e-4  # PyYAML's string form
+    assert load_config(None, ["seg_train.lr='1e-4'"]).seg_train.lr == 1e-4  # PyYAML's string form
 
 
 def test_interpolations_resolve_before_the_config_is_saved(tmp_path):
@@ -319,23 +317,14 @@ def test_interpolations_resolve_before_the_config_is_saved(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["run_dir"] == "runs/demo_small"
 
 
-def test_config_from_dict_checks_like_load_config():
-    assert config_from_dict({}) == RunConfig()
-    assert config_from_dict({"seg_train": {"gc": {"tau": 0.5}}}).seg_train.gc == GCConfig(tau=0.5)
-    with pytest.raises(InputError, match=r"^a config must be a mapping, got list$"):
-        config_from_dict([1])  # type: ignore[arg-type]
-    with pytest.raises(InputError, match=r"^config key 'seg_train\.epochs' must be an integer, got 'x'$"):
-        config_from_dict({"seg_train": {"epochs": "x"}})
-
-
 def test_derived_values_are_read_in_one_place_and_survive_a_save(tmp_path):
     """data.cam_eval_split's None means train_split; cam_gen.refine's None means cam_model.refine
     (True when the model section leaves it out); neither is a key of the saved config."""
     voc = load_config("voc")
     assert (voc.data.cam_eval_split_or_train, voc.refine) == ("train", True)
-    cfg = config_from_dict({"data": {"cam_eval_split": None}, "cam_model": {"refine": False}})
+    cfg = load_config(None, ["data.cam_eval_split=null", "cam_model.refine=false"])
     assert (cfg.data.cam_eval_split_or_train, cfg.refine) == ("train_aug", False)
-    assert config_from_dict({"cam_model": {"refine": False}, "cam_gen": {"refine": True}}).refine is True
+    assert load_config(None, ["cam_model.refine=false", "cam_gen.refine=true"]).refine is True
     assert load_config("demo", ["cam_model={backbone: deit_small_patch16_224}"]).refine is True
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")

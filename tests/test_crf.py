@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from weaktr.config import config_from_dict
+from weaktr.config import load_config
 from weaktr.crf import CRFParams, label_crf, run_parallel, softmax_crf
 from weaktr.errors import InputError
 
@@ -36,12 +36,12 @@ def test_presets_match_the_spec() -> None:
 
 
 def test_preset_overrides_from_the_config() -> None:
-    cfg = config_from_dict({"seeds": {"crf_params": {"bilateral_sxy": 20, "bilateral_compat": 20}}})
+    cfg = load_config(None, ["seeds.crf_params={bilateral_sxy: 20, bilateral_compat: 20}"])
     params = CRFParams.preset("voc_label", **cfg.seeds.crf_params.set_values())
     assert params == CRFParams(4, 3, 20, 5, 20, 10, 0.7)
-    assert config_from_dict({}).predict.crf_params.set_values() == {}
+    assert load_config().predict.crf_params.set_values() == {}
     with pytest.raises(InputError, match="bilateral_sigma"):
-        config_from_dict({"predict": {"crf_params": {"bilateral_sigma": 3}}})
+        load_config(None, ["predict.crf_params.bilateral_sigma=3"])
     with pytest.raises(InputError, match="unknown CRF parameters"):
         CRFParams.preset("voc_softmax", sxy=3)
 
@@ -50,7 +50,7 @@ def test_build_is_the_preset_of_its_kind_with_the_overrides() -> None:
     """The one builder of seeds (label), predict and the API (softmax): preset, kind, replaced fields."""
     assert CRFParams.build("label", "voc") == CRFParams.voc_label()
     assert CRFParams.build("softmax", "coco", {}) == CRFParams.coco_softmax()
-    cfg = config_from_dict({"predict": {"crf_preset": "coco", "crf_params": {"iterations": 2}}})
+    cfg = load_config(None, ["predict.crf_preset=coco", "predict.crf_params.iterations=2"])
     p = cfg.predict
     assert CRFParams.build("softmax", p.crf_preset, p.crf_params.set_values()) == CRFParams(1, 3, 67, 3, 4, 2)
     with pytest.raises(InputError, match="unknown CRF preset 'ade_label'"):

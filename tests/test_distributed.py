@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from weaktr import cli
 from weaktr.config import RunConfig
 from weaktr.errors import InputError
 from weaktr.runtime import distributed as D
@@ -119,3 +122,23 @@ def test_two_process_gloo_all_reduce(tmp_path):
     assert result["world"] == 2
     assert result["total"].tolist() == [3.0, 2.0]
     assert result["shard_sum"].item() == sum(range(10))
+
+
+def test_the_cli_leaves_the_process_group_after_a_command_that_succeeded(tmp_path, monkeypatch):
+    """cli.main leaves torchrun's group once its command returned; after a failure it leaves it be."""
+
+    def fail(args: argparse.Namespace) -> int:
+        raise InputError("bad input")
+
+    parser = argparse.ArgumentParser(prog="weaktr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ok").set_defaults(func=lambda args: 0)
+    sub.add_parser("fail").set_defaults(func=fail)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    store = f"file://{tmp_path / 'store'}"
+    try:
+        dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+        assert cli.main(["fail"]) == 2 and dist.is_initialized()
+        assert cli.main(["ok"]) == 0 and not dist.is_initialized()
+    finally:
+        D.cleanup()

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_golden
+from test_metrics import scoring_context
 
-from weaktr.evaluation.metrics import ConfusionMatrix, evaluate_dirs, official_percent
+from weaktr.evaluation.metrics import ConfusionMatrix, official_percent
 from weaktr.io import save_label_png
+from weaktr.stages.scoring import evaluate_stage
 
 pytestmark = pytest.mark.golden
 
@@ -60,13 +62,14 @@ def test_official_percent_dict(golden) -> None:
     assert ours["mIoU"] == pytest.approx(100 * js["mIoU"], abs=1e-4)
 
 
-def test_evaluate_dirs_reads_pngs(golden, tmp_path) -> None:
+def test_the_scoring_stage_reads_pngs(golden, tmp_path) -> None:
     t, js = golden
     ids = [f"img{i}" for i in range(js["num_images"])]
+    ctx = scoring_context(tmp_path, [f"class{k}" for k in range(_num_classes(t))], ids)
     for i, name in enumerate(ids):
         save_label_png(tmp_path / "pred" / f"{name}.png", t[f"pred.{i}"].numpy())
         save_label_png(tmp_path / "gt" / f"{name}.png", t[f"gt.{i}"].numpy())
-    s = evaluate_dirs(tmp_path / "pred", tmp_path / "gt", ids, _num_classes(t))
+    s = evaluate_stage(ctx, tmp_path / "pred", "s", "pred")
     assert s["count_tp"] == t["count.tp"].tolist()
     assert s["miou"] == pytest.approx(js["mIoU"], abs=1e-6)
     assert s["mean_precision"] == pytest.approx(js["mean_precision"], abs=1e-6)

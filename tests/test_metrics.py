@@ -13,16 +13,20 @@ import torch.distributed as dist
 from PIL import Image
 
 from weaktr.cam.seeds import seed_from_cams
+from weaktr.config import RunConfig
+from weaktr.data.info import DatasetInfo, write_id_list
 from weaktr.errors import InputError
 from weaktr.evaluation.metrics import (
     ConfusionMatrix,
-    evaluate_dirs,
     format_table,
     official_percent,
     save_json,
     sweep_thresholds,
 )
 from weaktr.io import save_cams, save_label_png
+from weaktr.runtime.context import RunContext
+from weaktr.runtime.distributed import DistInfo
+from weaktr.stages.scoring import evaluate_stage
 
 GT = np.array([[0, 0, 1], [1, 2, 255]], dtype=np.uint8)
 PRED = np.array([[0, 1, 1], [1, 2, 0]], dtype=np.uint8)
@@ -67,16 +71,9 @@ def test_nan_rules() -> None:
     assert math.isnan(empty["miou"]) and math.isnan(empty["mean_fn"])
 
 
-def test_merge_and_all_reduce(tmp_path: Path) -> None:
-    a, b = ConfusionMatrix(3), ConfusionMatrix(3)
+def test_all_reduce(tmp_path: Path) -> None:
+    a = ConfusionMatrix(3)
     a.update(PRED, GT)
-    b.update(GT, GT)
-    total = ConfusionMatrix(3)
-    total.update(PRED, GT)
-    total.update(GT, GT)
-    assert np.array_equal(a.merge(b).counts, total.counts)
-    with pytest.raises(ValueError, match="merge"):
-        a.merge(ConfusionMatrix(4))
     before = a.counts.copy()
     a.all_reduce()  # not initialised: a no-op
     assert np.array_equal(a.counts, before)
@@ -107,21 +104,36 @@ def test_official_percent_table_and_json(tmp_path: Path) -> None:
         official_percent(s, names[:2])
 
 
-def test_evaluate_dirs_and_bad_files(tmp_path: Path) -> None:
+def scoring_context(root: Path, class_names: list[str], ids: list[str]) -> RunContext:
+    """A one-process run whose data set has GT masks in ``root/gt`` and one split ``s`` of ``ids``:
+    what ``evaluate_stage``, the one scorer of label maps, reads (images only need to exist)."""
+    write_id_list(root / "s.txt", ids)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in ids:
+        (root / "images" / f"{i}.jpg").touch()
+    info = DatasetInfo(
+        name="t", root=root, images="images", masks="gt", splits={"s": "s.txt"}, class_names=class_names
+    )
+    return RunContext(RunConfig(), root / "run", info, DistInfo(0, 1, 0, torch.device("cpu"), True))
+
+
+def test_label_maps_are_scored_and_bad_files_named(tmp_path: Path) -> None:
+    ctx = scoring_context(tmp_path, ["bg", "x", "y"], ["a", "b", "c", "d"])
     save_label_png(tmp_path / "p" / "a.png", PRED, palette=[0] * 768)
-    save_label_png(tmp_path / "g" / "a.png", GT)
-    s = evaluate_dirs(tmp_path / "p", tmp_path / "g", ["a"], 3, ["bg", "x", "y"])
-    assert s["count_tp"] == [1, 2, 1] and s["class_names"] == ["bg", "x", "y"]
+    save_label_png(tmp_path / "gt" / "a.png", GT)
+    s = evaluate_stage(ctx, tmp_path / "p", "s", "p", ids=["a"])
+    assert s["count_tp"] == [1, 2, 1] and (s["images"], s["sampled_from"]) == (1, 4)
+    assert json.loads(ctx.layout.metrics("p").read_text())["class_names"] == ["bg", "x", "y"]
     with pytest.raises(InputError, match=r"b\.png"):
-        evaluate_dirs(tmp_path / "p", tmp_path / "g", ["b"], 3)
+        evaluate_stage(ctx, tmp_path / "p", "s", "p", ids=["b"])
     save_label_png(tmp_path / "p" / "c.png", PRED[:1])
-    save_label_png(tmp_path / "g" / "c.png", GT)
+    save_label_png(tmp_path / "gt" / "c.png", GT)
     with pytest.raises(InputError, match=r"c\.png"):
-        evaluate_dirs(tmp_path / "p", tmp_path / "g", ["c"], 3)
+        evaluate_stage(ctx, tmp_path / "p", "s", "p", ids=["c"])
     Image.new("RGB", (3, 2)).save(tmp_path / "p" / "d.png")
-    save_label_png(tmp_path / "g" / "d.png", GT)
+    save_label_png(tmp_path / "gt" / "d.png", GT)
     with pytest.raises(InputError, match="mode RGB"):
-        evaluate_dirs(tmp_path / "p", tmp_path / "g", ["d"], 3)
+        evaluate_stage(ctx, tmp_path / "p", "s", "p", ids=["d"])
 
 
 def _cam_set(root: Path, n: int = 3) -> list[str]:

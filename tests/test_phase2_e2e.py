@@ -17,11 +17,11 @@ from weaktr.config import load_config
 from weaktr.data.info import DatasetInfo
 from weaktr.data.palette import voc_palette
 from weaktr.data.voc import prepare_voc
-from weaktr.evaluation.metrics import evaluate_dirs
 from weaktr.models.cam import CAMConfig, build_cam_model
 from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import open_run
 from weaktr.stages.predict import predict_split
+from weaktr.stages.scoring import evaluate_stage
 from weaktr.stages.train_seg import train_seg
 
 pytestmark = pytest.mark.slow
@@ -90,10 +90,8 @@ def test_phase2_on_coco_mini(coco_mini: Path, tmp_path: Path) -> None:
     assert 0.0 <= epoch["val_miou"] <= 1.0
 
     pred = predict_split(ctx, model, "e2e_val", tmp_path / "run/pred/e2e_val", crf=True)
-    ids = info.ids("e2e_val")
-    gt = info.path(info.masks)
     for folder in (pred, tmp_path / "run/pred/e2e_val_nocrf"):
-        scores = evaluate_dirs(folder, gt, ids, info.num_classes, info.class_names)
+        scores = evaluate_stage(ctx, folder, "e2e_val", folder.name)
         assert 0.0 <= scores["miou"] <= 1.0
         assert sum(scores["count_pred"]) == sum(scores["count_gt"]) > 0
         assert np.isfinite(scores["iou"][0])

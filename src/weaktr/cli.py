@@ -77,6 +77,14 @@ def _close_log_file() -> None:
         run_logging.close_log_file()
 
 
+def _leave_process_group() -> None:
+    """Leave torchrun's process group if the command joined one (``open_run``), as torch asks of a
+    program before it exits (NCCL warns on every rank otherwise)."""
+    distributed = sys.modules.get("weaktr.runtime.distributed")  # not loaded: no group was joined
+    if distributed is not None:
+        distributed.cleanup()
+
+
 def _shown(path: Path) -> str:
     """``path`` as the user would type it: relative to the current folder when under it."""
     try:
@@ -137,7 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
         )
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # on success only: after a failure other ranks may still wait in a collective, and leaving
+        # the group could wait on them; the process exits anyway
+        _leave_process_group()
+        return code
     except InputError as exc:  # raised here, or in a DataLoader worker or a CRF / check process
         return _report_input_error(args.command, exc)
     except KeyboardInterrupt:

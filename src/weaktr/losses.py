@@ -30,12 +30,6 @@ class GCStats:
     cell_mean: torch.Tensor | None  # (nh, nw) batch mode, (B, nh, nw) per-image mode; None if unclipped
     thresholds: torch.Tensor | None  # same shape as cell_mean: max(cell mean, global mean)
 
-    @property
-    def clipped_fraction(self) -> float:
-        """Fraction of valid pixels whose gradient was clipped."""
-        n_valid = int(self.valid.sum())
-        return 0.0 if n_valid == 0 else 1.0 - float(self.keep.sum()) / n_valid
-
     def kept_precision(
         self, target: torch.Tensor, gt: torch.Tensor, ignore_index: int = IGNORE_INDEX
     ) -> float:

@@ -166,8 +166,8 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, amp: bool, fused_cpu: 
     """The model's outputs; with ``amp`` a CAMNet runs its backbone in bf16 but its heads in float32.
 
     The fused and refined CAMs are sums over hundreds of patches whose per-class spread can be far
-    below their size, so rounding them to bf16 moves seed borders (random DeiT-S weights: 89 % of
-    seed pixels agree with float32 under plain autocast, 99.6 % this way) at about the same cost.
+    below their size, so rounding them to bf16 moves seed borders; float32 heads keep the seeds
+    close to float32's at about the same cost (the agreement of both ways: docs/benchmarks.md).
     Other models run wholly under autocast. ``fused_cpu``: see
     :meth:`~weaktr.models.backbone.ViTBackbone.forward`.
     """

@@ -5,7 +5,7 @@
 :mod:`~weaktr.config.validation` turns OmegaConf's complaints into one-line :class:`InputError`.
 """
 
-from weaktr.config.loading import config_from_dict, load_config, packaged_configs, save_config
+from weaktr.config.loading import load_config, packaged_configs, save_config
 from weaktr.config.schema import (
     CamGenConfig,
     CamTrainConfig,
@@ -32,7 +32,6 @@ __all__ = [
     "RunConfig",
     "SeedConfig",
     "SegTrainConfig",
-    "config_from_dict",
     "load_config",
     "packaged_configs",
     "save_config",

@@ -16,7 +16,7 @@ import dataclasses
 import functools
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -144,17 +144,6 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
             cfg = _cleared(cfg, key)
         cfg = merge_layer(cfg, layer)
     return to_run_config(cfg)
-
-
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a validated :class:`RunConfig`; missing keys take the defaults, unknown keys are errors."""
-    if not isinstance(data, dict):
-        raise InputError(f"a config must be a mapping, got {type(data).__name__}")
-    try:
-        layer = OmegaConf.create(data)
-    except OmegaConfBaseException as exc:
-        raise InputError(f"config: {one_line(exc)}") from None
-    return to_run_config(merge_layer(_schema(), layer))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""The torch datasets over a data set: classification (phase 1), segmentation (phase 2), inference."""
+"""The torch datasets over a data set: classification (phase 1) and segmentation (phase 2)."""
 
 from __future__ import annotations
 
@@ -84,21 +84,3 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             return self.transform(img, mask)
         return torch.from_numpy(img).permute(2, 0, 1).float().div(255.0), torch.from_numpy(mask).long()
-
-
-class ImageListDataset(Dataset):
-    """Inference: (id, uint8 (H, W, 3) image); sizes differ: use ``batch_size=1`` or a list collate."""
-
-    def __init__(self, info: DatasetInfo, split: str):
-        self.info = info
-        self.ids = info.ids(split)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def item_name(self, index: int) -> str:
-        return f"image {self.ids[index]}"
-
-    def __getitem__(self, index: int) -> tuple[str, np.ndarray]:
-        image_id = self.ids[index]
-        return image_id, load_image(self.info.image_path(image_id))

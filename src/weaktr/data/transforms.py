@@ -88,23 +88,6 @@ def _keep_zero_bit_posterize(transform: Any) -> None:
                 op.aug_fn = posterize_authors
 
 
-def cam_eval_transform(
-    img_size: int = 224,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    crop_pct: float = 224 / 256,
-) -> Any:
-    """Phase-1 validation transform: Resize(img_size / crop_pct, bicubic) → CenterCrop(img_size)."""
-    return create_transform(
-        input_size=img_size,
-        is_training=False,
-        interpolation="bicubic",
-        mean=tuple(mean),
-        std=tuple(std),
-        crop_pct=crop_pct,
-    )
-
-
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
     return lo + (hi - lo) * torch.rand((), generator=generator).item()
 
@@ -260,7 +243,7 @@ class SegTrainTransform:
         if self.cat_max_ratio < 1.0:
             for _ in range(10):
                 window = mask[..., top : top + self.crop, left : left + self.crop]
-                # a histogram, not torch.unique (a sort): the same counts at a fifth of the data cost
+                # a histogram, not torch.unique (a sort): the same counts in one linear pass
                 counts = torch.bincount(window.reshape(-1).long(), minlength=self.ignore + 1)
                 counts[self.ignore] = 0
                 counts = counts[counts > 0]

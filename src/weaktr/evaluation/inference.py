@@ -169,10 +169,10 @@ def _cpu_blocks(model: nn.Module, bf16: bool, fused: bool) -> Iterator[None]:
     context), taking and returning fp32 so the patch embedding, the final norm and the decoder stay
     fp32. Whole blocks beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
     LayerNorm); the decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm,
-    where bf16 rounding flips pixels (with a random-weight DeiT-S, bf16 decoder MLPs alone drop the
-    6-scale agreement with fp32 from 99.6 % to 99.5 %). With ``fused``, plain blocks of a dtype whose
-    fused forward passed its self-check run it (:func:`~weaktr.models.cpu_blocks.fuse`); the others
-    their own. Re-entering while active changes nothing.
+    where bf16 rounding flips pixels (the agreement with fp32 of each part in bf16: docs/benchmarks.md,
+    "Notes on the 6-scale inference"). With ``fused``, plain blocks of a dtype whose fused forward
+    passed its self-check run it (:func:`~weaktr.models.cpu_blocks.fuse`); the others their own.
+    Re-entering while active changes nothing.
     """
     enc = list(getattr(getattr(model, "encoder", model), "blocks", []))
     dec = list(getattr(getattr(model, "decoder", None), "blocks", []))

@@ -42,13 +42,6 @@ class ConfusionMatrix:
             raise ValueError(f"prediction {pred.shape} and GT {gt.shape} differ in shape")
         self.counts += confusion_counts(pred, gt, self.num_classes)
 
-    def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Add another matrix's counts into this one (e.g. from worker processes); returns self."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
-        self.counts += other.counts
-        return self
-
     def all_reduce(self) -> None:
         """Sum the counts over all ranks when torch.distributed is initialised (a no-op otherwise)."""
         if not (dist.is_available() and dist.is_initialized()):
@@ -178,30 +171,6 @@ def read_label_png(path: Path) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8)
     except OSError as exc:
         raise InputError(f"unreadable label map ({exc})", path) from exc
-
-
-def evaluate_dirs(
-    pred_dir: str | Path,
-    gt_dir: str | Path,
-    ids: Sequence[str],
-    num_classes: int,
-    class_names: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Scores of ``pred_dir/<id>.png`` against ``gt_dir/<id>.png`` over ``ids``."""
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
-    cm = ConfusionMatrix(num_classes)
-    for i in ids:
-        pred, gt = read_label_png(pred_dir / f"{i}.png"), read_label_png(gt_dir / f"{i}.png")
-        if pred.shape != gt.shape:
-            raise InputError(
-                f"prediction is {pred.shape} but the GT {gt_dir / f'{i}.png'} is {gt.shape}",
-                pred_dir / f"{i}.png",
-            )
-        cm.update(pred, gt)
-    out = cm.scores()
-    if class_names is not None:
-        out["class_names"] = list(class_names)
-    return out
 
 
 def sweep_thresholds(

@@ -160,13 +160,13 @@ class ViTBackbone(nn.Module):
         """(B, 3, H, W) -> tokens after the last block (no final norm) and the per-block captures.
 
         ``reuse_buffers`` (inference only): the attention maps are written into a buffer kept
-        between calls (one per dtype), so they stay valid only until the next such call. Fresh
-        (K, B, heads, T, T) maps cost page faults about as long as their matmuls (CAM generation: a
-        fifth of its time).
+        between calls (one per dtype), so they stay valid only until the next such call: fresh
+        (K, B, heads, T, T) maps would be page-faulted in on every call, which slows the matmuls
+        that write them (measured: docs/benchmarks.md, CAM generation).
         ``fused_cpu`` (inference only, float32 on the CPU): plain blocks run their self-checked fused
         oneDNN linears (:meth:`~weaktr.models.cpu_blocks.FusedBlock.with_maps`): without them the
-        bias copies into fresh GEMM outputs and the separate GELU pass took ~40 % of the profiled
-        CPU time of DeiT-S CAM generation.
+        bias copies into fresh GEMM outputs and the separate GELU pass are extra passes over memory,
+        the largest items of the CAM generation profile after the GEMMs (docs/benchmarks.md).
         """
         H, W = x.shape[-2:]
         embed = self.vit.patch_embed

@@ -100,12 +100,6 @@ class CAMOutput:
     fine_cam: torch.Tensor  # (B, C, h, w) PA · fused_cam
     patch_attn: torch.Tensor  # (B, N, N) fused patch attention PA, one per image
     aaf_weights: torch.Tensor  # (B, K·H)
-    refine: bool = True
-
-    @property
-    def cam(self) -> torch.Tensor:
-        """The CAM used downstream: the refined fine CAM, or CA ⊙ ReLU(coarse) when refine is off."""
-        return self.fine_cam if self.refine else self.fused_cam
 
 
 class CAMNet(nn.Module):
@@ -169,7 +163,6 @@ class CAMNet(nn.Module):
             fine_cam,
             patch_attn,
             fusion.weights,
-            self.config.refine,
         )
 
 

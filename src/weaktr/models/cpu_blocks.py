@@ -1,13 +1,14 @@
 """CPU inference forward for plain timm ViT blocks: oneDNN linear epilogues and per-window attention.
 
 Why: an eager timm ``Block`` on the CPU copies the bias into every GEMM's output first, runs GELU
-and each residual add as separate passes over memory, and torch's fused attention kernel reaches
-only ~150 GFLOP/s here in fp32 and in bf16 alike. oneDNN's linear with a fused epilogue (bias,
+and each residual add as separate passes over memory, and torch's fused attention kernel runs far
+below the CPU's matmul peak, in fp32 and in bf16 alike. oneDNN's linear with a fused epilogue (bias,
 bias + exact GELU, bias + residual add) removes those passes, and bf16 attention computed one
-window at a time (scores of 6 heads stay in cache, softmax in place) beats the fused kernel; a
-DeiT-S block on 8 windows of 480² runs in ~110 ms instead of ~150 ms in bf16. The arithmetic is the
-block's own (same operations, same order of the residual stream, exact GELU); only summation order
-and, in bf16, the rounding of the attention probabilities differ.
+window at a time (scores of 6 heads stay in cache, softmax in place) beats the fused kernel. The
+timings, and the CPUs they were taken on: docs/benchmarks.md ("Figures behind the code's comments")
+and docs/benchmarks-inference.md. The arithmetic is the block's own (same operations, same order of
+the residual stream, exact GELU); only summation order and, in bf16, the rounding of the attention
+probabilities differ.
 
 Inference only: :class:`FusedBlock` falls back to the block's own forward when gradients are on or
 the block is training, and :func:`is_plain_block` admits only the blocks whose structure it covers
@@ -96,7 +97,7 @@ def _attention(qkv: torch.Tensor) -> torch.Tensor:
     q, k and v are first made head-major and contiguous in one copy: the GEMMs would otherwise copy
     each window's strided operands themselves. bf16 runs as two GEMMs around an in-place softmax on one
     (heads, N, N) score buffer reused by every window: the scores stay in cache, and a fresh 10 MB
-    tensor per window would cost its page faults (~40 % of the score GEMM). fp32 keeps torch's fused
+    tensor per window would be page-faulted in again for every window. fp32 keeps torch's fused
     kernel, faster there, also per window.
     """
     q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
@@ -116,8 +117,8 @@ def _attention(qkv: torch.Tensor) -> torch.Tensor:
 class FusedBlock:
     """A plain block (see :func:`is_plain_block`) with its four weights packed for oneDNN once.
 
-    Packing (oneDNN's blocked layout, chosen for ``rows_hint`` rows: 8 windows of 901 tokens) saves
-    3–7 % per GEMM against plain weights and gives identical results. The pack is a snapshot: make a
+    Packing (oneDNN's blocked layout, chosen for ``rows_hint`` rows: 8 windows of 901 tokens) makes
+    every GEMM faster than on plain weights and gives identical results. The pack is a snapshot: make a
     new FusedBlock after the weights change. Calls with gradients on, or on a block in training
     mode, run the block's own forward.
     """

@@ -124,7 +124,7 @@ def normalise(
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"expected a uint8 H×W×3 image, got {image.dtype} {tuple(image.shape)}")
     # element-wise in the contiguous H×W×3 layout, then one copy to (3, H, W): the same values as
-    # permuting first, at a third of the cost
+    # permuting first, without element-wise passes over a strided view (timing: docs/benchmarks.md)
     x = (image if device is None else image.to(device)).float().div_(255)
     m = torch.tensor(mean, dtype=torch.float32, device=x.device)
     s = torch.tensor(std, dtype=torch.float32, device=x.device)

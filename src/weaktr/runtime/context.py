@@ -33,8 +33,8 @@ log = logging.getLogger("weaktr")
 def cpu_bf16_native() -> bool:
     """Whether this CPU has bf16 matmul units (AVX512-BF16 or AMX), by torch.cpu's own probes.
 
-    Without them oneDNN emulates bf16: on an AVX2 EPYC a bf16 matmul ran at 0.9 GFLOP/s against 165 in
-    float32, which would turn the 10-minute demo into hours.
+    Without them oneDNN emulates bf16, orders of magnitude slower than float32 (measured in
+    docs/benchmarks.md, "bf16 needs a CPU that has it"): the demo's minutes would become hours.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -80,7 +80,8 @@ class RunContext:
 
 def amp_enabled(device: torch.device, requested: bool, amp_cpu: bool) -> bool:
     """The one AMP rule: bf16 where a section asks for it, on CUDA, or on the CPU with ``amp_cpu``
-    when the CPU computes bf16 natively (elsewhere it is emulated, ~100x slower than float32).
+    when the CPU computes bf16 natively (elsewhere it is emulated, far slower than float32: see
+    :func:`cpu_bf16_native`).
 
     A function of its own so that work outside a run directory (``weaktr pretrain``) decides alike.
     """
