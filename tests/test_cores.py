@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 from test_cam_generate import MEAN, STD, FakeCAM
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import weaktr.cores as cores
 from weaktr.cam.generate import generate_cams
 from weaktr.config import load_config
 from weaktr.config.loading import packaged_configs
+from weaktr.engine.selection import CamSelection, Score
 from weaktr.engine.trainer import EpochTrainer, PhaseFiles
 from weaktr.runtime.distributed import DistInfo
 from weaktr.runtime.layout import RunLayout
@@ -68,11 +70,11 @@ def test_the_patched_affinity_reaches_torchs_own_check(two_cores: None) -> None:
 class _Phase(EpochTrainer):
     """Only what :meth:`EpochTrainer.loader` needs of a phase."""
 
-    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, loader: DataLoader, ddp: nn.Module) -> dict[str, Any]:
         return {}
 
-    def select(self, epoch: int, record: dict[str, Any]) -> bool:
-        return True
+    def evaluate(self, epoch: int, record: dict[str, Any]) -> Score | None:
+        return None
 
     def save_model(self, path: Path) -> None:
         pass
@@ -88,7 +90,7 @@ def _trainer_loader(section: str, overrides: list[str], name: str, tmp_path: Pat
     ctx: Any = SimpleNamespace(cfg=cfg, dist=dist, device=CPU, layout=RunLayout(tmp_path))
     phase = type(f"Phase_{section}", (_Phase,), {"name": section, "section": section})
     files = PhaseFiles(*(tmp_path / n for n in ("model", "state", "log", "selection")))
-    trainer = phase(ctx, files, {})
+    trainer = phase(ctx, files, CamSelection("last", None))
     trainer.dataset = TensorDataset(torch.zeros(8, 1))
     return trainer.loader(0)
 

@@ -1,9 +1,10 @@
-"""The epoch-loop skeleton through both trainers: one divergence error and one resume refusal for both."""
+"""The epoch-loop skeleton through both trainers: one divergence rule and one resume refusal for both."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,7 @@ import weaktr.stages.train_seg as ts
 from weaktr.cli import main
 from weaktr.data.info import DatasetInfo
 from weaktr.engine.state import STATE_KEY
+from weaktr.engine.trainer import EpochTrainer
 from weaktr.io import load_checkpoint
 from weaktr.runtime.context import cpu_bf16_native
 
@@ -112,6 +114,44 @@ def test_a_nan_loss_is_one_error_line_and_saves_nothing_of_its_epoch(
     assert kept and all(v.equal(state[f"model.{k}"]) for k, v in kept.items())
 
 
+@pytest.mark.parametrize("name", list(PHASES))
+def test_both_phases_stop_by_the_one_rule_at_the_first_non_finite_loss(
+    name: str,
+    demo: DatasetInfo,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only iteration 2's loss is NaN: phase 2 checks it before its step, phase 1 with its log window."""
+    phase, run = PHASES[name], tmp_path / "run"
+    calls = {"n": 0}
+    original = getattr(phase.module, phase.loss)
+
+    def nan_at_two(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        out = original(*args, **kwargs)
+        return _nan(out) if calls["n"] == 2 else out
+
+    checked: list[tuple[list[float], int]] = []
+    rule = EpochTrainer.check_losses
+
+    def spy(self: EpochTrainer, losses: Sequence[float], epoch: int, first_iter: int) -> None:
+        checked.append((list(losses), first_iter))
+        rule(self, losses, epoch, first_iter)
+
+    monkeypatch.setattr(EpochTrainer, "check_losses", spy)
+    monkeypatch.setattr(phase.module, phase.loss, nan_at_two)
+    assert main([phase.command, *phase.args(demo, run)]) == 2
+    phase_dir = run / phase.command.split("-")[1]
+    assert f"{phase_dir / 'log.jsonl'}: training diverged: the loss is nan at iteration 2 of epoch 1; " in (
+        capsys.readouterr().err
+    )
+    # every loss went through the rule, iteration 1's finite one too
+    seen = {first + i: loss for losses, first in checked for i, loss in enumerate(losses)}
+    assert list(seen) == [1, 2] and math.isfinite(seen[1]) and math.isnan(seen[2])
+    assert not (phase_dir / "state.safetensors").exists() and not (phase_dir / "model.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     ("name", "change", "changed"),
     [("cam", "cam_train.lr=0.1", "lr"), ("seg", "seg_train.batch_size=8", "batch_size, iters_per_epoch")],
@@ -146,4 +186,4 @@ def test_a_phase_that_leaves_out_a_hook_is_refused_when_built() -> None:
         name, section = "train-x", "cam_train"
 
     with pytest.raises(TypeError, match="abstract"):
-        NoHooks(None, None, {})  # type: ignore[arg-type]
+        NoHooks(None, None, None)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """The epoch loop both training phases share: seeding, data order, resume, saving, logging, divergence.
 
 A phase (``stages.train_cam``, ``stages.train_seg``) subclasses :class:`EpochTrainer` with its own
-step, loss and checkpoint selection. What makes a run resumable lives here once:
+step, loss and evaluation; which epoch is kept is decided by its
+:class:`~weaktr.engine.selection.Selection`. What makes a run resumable lives here once:
 
 * the global RNGs are reseeded from (seed, epoch, rank) at the start of every epoch (the model is
   built under epoch 0's seed), the sampler shuffles from (seed, epoch) and the DataLoader seeds its
@@ -11,7 +12,8 @@ step, loss and checkpoint selection. What makes a run resumable lives here once:
   (weights, optimiser state, epoch, setup, selection), then ``selection.json``, each written
   atomically and in this order, so that a state never names a kept model that was not written;
 * a state made with other settings is refused before anything is loaded, naming what changed;
-* a loss that is no longer finite stops the run with one line naming the log; nothing of the
+* a loss that is no longer finite stops the run with one line naming the log
+  (:meth:`EpochTrainer.check_losses`, the one divergence rule of both phases); nothing of the
   diverged epoch is saved;
 * the JSONL records are mirrored as TensorBoard scalars, and after each epoch's state is saved the
   phase may draw image grids (main rank, model in eval mode without gradients): every RNG is
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from weaktr.cores import cap_workers
 from weaktr.data.loader import ItemLoader
+from weaktr.engine.selection import Score, Selection
 from weaktr.engine.state import load_training_state, read_state_extra, save_training_state
 from weaktr.errors import InputError
 from weaktr.io import write_json
@@ -47,6 +52,7 @@ log = logging.getLogger("weaktr")
 EPOCH_SEED_STRIDE = 1000  # epoch e of rank r seeds with seed + 1000·e + r (epoch 0: the authors' seed + r)
 GRID_IMAGES = 4  # images per TensorBoard grid: the first of a split, the same at every evaluation
 _STEP_KEYS = ("event", "epoch", "iter", "step")  # JSONL fields that place a record, not measure it
+M = TypeVar("M", bound=nn.Module)
 
 
 class TrainSection(Protocol):
@@ -69,12 +75,22 @@ class PhaseFiles:
     selection: Path
 
 
-class EpochTrainer(ABC):
+@dataclass(frozen=True)
+class RunSettings:
+    """What the ``start`` / ``resume`` record of a phase's log names; a phase adds its own fields."""
+
+    epochs: int
+    batch_size: int  # the total over all ranks
+    world: int
+    lr: float  # the base lr, as the phase applies it
+
+
+class EpochTrainer(ABC, Generic[M]):
     """A phase's run around its step: resume, the epoch loop, saving, logging and divergence.
 
-    A subclass sets ``model``, ``optimizer`` and ``dataset`` and implements :meth:`train_epoch`,
-    :meth:`select`, :meth:`save_model` and :meth:`summary`; ``selection`` is its own record of the
-    kept epoch (``epoch`` and ``history`` keys at least), saved with the state.
+    A subclass sets ``model`` (the phase's network, the one name it has), ``optimizer`` and
+    ``dataset`` and implements :meth:`train_epoch`, :meth:`evaluate`, :meth:`save_model` and
+    :meth:`summary`; ``selection`` keeps the record of the kept epoch, saved with the state.
     """
 
     name: ClassVar[str]  # 'train-cam': progress bars and log lines
@@ -82,12 +98,11 @@ class EpochTrainer(ABC):
     drop_last: ClassVar[bool] = False
     find_unused_parameters: ClassVar[bool] = False
 
-    model: nn.Module
+    model: M
     optimizer: torch.optim.Optimizer
     dataset: Dataset
-    ddp: nn.Module  # the model, DDP-wrapped under torchrun: what train_epoch steps (set by fit)
 
-    def __init__(self, ctx: RunContext, files: PhaseFiles, selection: dict[str, Any]) -> None:
+    def __init__(self, ctx: RunContext, files: PhaseFiles, selection: Selection) -> None:
         self.ctx, self.files, self.selection = ctx, files, selection
         self.cfg: TrainSection = getattr(ctx.cfg, self.section)
         self.setup: dict[str, Any] = {}
@@ -97,12 +112,16 @@ class EpochTrainer(ABC):
 
     # -- what a phase supplies --------------------------------------------------------------------
     @abstractmethod
-    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
-        """One pass over ``loader``; returns the fields of the epoch's log record (mean losses, ...)."""
+    def train_epoch(self, epoch: int, loader: DataLoader, ddp: nn.Module) -> dict[str, Any]:
+        """One pass over ``loader``, stepping ``ddp``; returns the fields of the epoch's log record.
+
+        ``ddp`` is ``model`` as DDP wraps it under torchrun (the model itself in one process): the
+        forward and backward passes must go through it for the gradients to be averaged.
+        """
 
     @abstractmethod
-    def select(self, epoch: int, record: dict[str, Any]) -> bool:
-        """Evaluate if due (adding scores to ``record``), update ``selection``; True keeps this epoch."""
+    def evaluate(self, epoch: int, record: dict[str, Any]) -> Score | None:
+        """Score ``epoch``'s model if due (adding the score to ``record``); None when not evaluated."""
 
     @abstractmethod
     def save_model(self, path: Path) -> None:
@@ -111,10 +130,6 @@ class EpochTrainer(ABC):
     @abstractmethod
     def summary(self, record: dict[str, Any]) -> str:
         """The epoch's numbers for the human log line."""
-
-    def done_fields(self) -> dict[str, Any]:
-        """Extra fields of the final ``done`` record."""
-        return {}
 
     def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
         """TensorBoard image grids (RGB uint8) of this epoch by tag; called only when they are written."""
@@ -180,13 +195,24 @@ class EpochTrainer(ABC):
         if not path.is_file():
             return False
         saved = load_training_state(path, self.model, self.optimizer, restore_rng=False)
-        self.start, self.selection = saved["epoch"], saved["extra"]["selection"]
+        self.start = saved["epoch"]
+        self.selection = type(self.selection).from_json(saved["extra"]["selection"])
         log.info("%s: resuming after epoch %d of %d from %s", self.name, self.start, self.cfg.epochs, path)
         return self.start >= self.cfg.epochs and self.files.model.is_file()
 
     # -- the run ----------------------------------------------------------------------------------
-    def diverged(self, loss: float, epoch: int, it: int) -> NoReturn:
-        """Stop on a non-finite loss at iteration ``it`` (1-based) of ``epoch`` (0-based)."""
+    def check_losses(self, losses: Sequence[float], epoch: int, first_iter: int) -> None:
+        """Both phases' divergence rule: stop the run at the first loss that is not finite.
+
+        ``losses`` are the losses of iterations ``first_iter``, ``first_iter + 1``, ... (1-based) of
+        ``epoch`` (0-based), passed as the phase reads them off the device (every step, or a log
+        window at a time so that steps do not wait for the device). The log gets a ``diverged``
+        record and the error names it; the epoch ends in the error, before anything of it is saved.
+        """
+        bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+        if bad is None:
+            return
+        loss, it = losses[bad], first_iter + bad
         self.jlog.log(event="diverged", epoch=epoch + 1, iter_of_epoch=it, loss=loss)
         amp = f" or turn off {self.section}.amp" if self.ctx.amp(self.cfg.amp) else ""
         raise InputError(
@@ -218,16 +244,20 @@ class EpochTrainer(ABC):
         finally:
             self.model.train(was_training)
 
-    def fit(self, **start_fields: Any) -> Path:
-        """Train the epochs left after :meth:`resume`; returns the kept model's path."""
-        files, main = self.files, self.ctx.dist.is_main
-        self.ddp = wrap_ddp(self.model, find_unused_parameters=self.find_unused_parameters)
+    def fit(self, settings: RunSettings) -> Path:
+        """Train the epochs left after :meth:`resume`; returns the kept model's path.
+
+        ``settings`` go into the log's ``start`` (or ``resume``) record.
+        """
+        files, main, selection = self.files, self.ctx.dist.is_main, self.selection
+        ddp = wrap_ddp(self.model, find_unused_parameters=self.find_unused_parameters)
         board = main and self.ctx.cfg.tensorboard
         with (
             JsonlLogger(files.log, enabled=main) as self.jlog,
             Board(self.ctx.layout.tensorboard, enabled=board) as self.board,
         ):
-            self.jlog.log(event="resume" if self.start else "start", epoch=self.start, **start_fields)
+            start = asdict(settings)
+            self.jlog.log(event="resume" if self.start else "start", epoch=self.start, **start)
             for epoch in range(self.start, self.cfg.epochs):
                 tic = time.perf_counter()
                 self.seed_epoch(epoch)
@@ -235,14 +265,14 @@ class EpochTrainer(ABC):
                 record: dict[str, Any] = {
                     "event": "epoch",
                     "epoch": epoch + 1,
-                    **self.train_epoch(epoch, loader),
+                    **self.train_epoch(epoch, loader, ddp),
                 }
-                evaluated = len(self.selection["history"])
-                keep = self.select(epoch, record)
+                score = self.evaluate(epoch, record)
+                keep = selection.update(epoch + 1, score)
                 if main:
                     if keep:
                         self.save_model(files.model)
-                    extra = {"setup": self.setup, "selection": self.selection}
+                    extra = {"setup": self.setup, "selection": selection.to_json()}
                     save_training_state(
                         files.state,
                         self.model,
@@ -251,12 +281,12 @@ class EpochTrainer(ABC):
                         (epoch + 1) * len(loader),
                         extra=extra,
                     )
-                    write_json(files.selection, self.selection)
+                    write_json(files.selection, selection.to_json())
                 record["seconds"] = time.perf_counter() - tic
                 self.jlog.log(record)
                 self._scalars("epoch", record, epoch + 1)
-                if len(self.selection["history"]) > evaluated:
-                    chosen = {**self.selection["history"][-1], "kept_epoch": self.selection["epoch"]}
+                if score is not None:
+                    chosen = {**selection.score_json(score), "kept_epoch": selection.epoch}
                     self.jlog.log(event="select", **chosen)
                     self._scalars("select", chosen, epoch + 1)
                 self._draw(epoch, record)
@@ -269,5 +299,5 @@ class EpochTrainer(ABC):
                     format_seconds(record["seconds"]),
                 )
                 barrier()
-            self.jlog.log(event="done", kept_epoch=self.selection["epoch"], **self.done_fields())
+            self.jlog.log(event="done", kept_epoch=selection.epoch, **selection.done_fields())
         return files.model

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,12 @@ from weaktr.data.images import load_image
 from weaktr.data.torch_datasets import ClassificationDataset
 from weaktr.data.transforms import cam_train_transform
 from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
-from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
+from weaktr.engine.selection import CamSelection, Score
+from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles, RunSettings
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
 from weaktr.runtime.context import RunContext
-from weaktr.runtime.distributed import all_reduce_sum, barrier
+from weaktr.runtime.distributed import all_reduce_sum, barrier, broadcast_value
 from weaktr.runtime.logging import progress
 from weaktr.runtime.tensorboard import grid, heat_panel
 from weaktr.stages.gen_cam import cam_items, resolve_kind, write_split_cams
@@ -79,8 +79,15 @@ def train_step(
     return {k: v.detach() for k, v in losses.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class CamRunSettings(RunSettings):
+    """Phase 1's ``start`` record: ``lr`` is scaled to the batch size."""
+
+    select_checkpoint: str
+
+
 def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
-    """(mIoU, threshold) of scale-1.0+flip CAMs on data.cam_eval_split (rank 0; others get NaNs)."""
+    """(mIoU, threshold) of scale-1.0+flip CAMs on data.cam_eval_split: scored on rank 0, sent to all."""
     split = ctx.cfg.data.cam_eval_split_or_train
     work = ctx.layout.cam_select_work
     if ctx.dist.is_main:
@@ -95,11 +102,10 @@ def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
         )
         miou = results[threshold]
         shutil.rmtree(work, ignore_errors=True)
-    barrier()
-    return miou, threshold
+    return broadcast_value((miou, threshold))  # every rank's selection keeps the same epoch
 
 
-class CamTrainer(EpochTrainer):
+class CamTrainer(EpochTrainer[CAMNet]):
     """AdamW with per-epoch cosine lr on the three CAM losses; keeps the last or the best-GT epoch."""
 
     name, section = "train-cam", "cam_train"
@@ -110,7 +116,7 @@ class CamTrainer(EpochTrainer):
     def __init__(self, ctx: RunContext, model_cfg: CAMConfig) -> None:
         tc, lay = ctx.cfg.cam_train, ctx.layout
         split = ctx.cfg.data.cam_eval_split_or_train
-        selection = {"mode": tc.select_checkpoint, "split": split, "epoch": 0, "history": []}
+        selection = CamSelection(tc.select_checkpoint, split)
         super().__init__(
             ctx, PhaseFiles(lay.cam_model, lay.cam_state, lay.cam_log, lay.cam_selection), selection
         )
@@ -126,36 +132,35 @@ class CamTrainer(EpochTrainer):
             }
         )
         self.seed_epoch(0)
-        model = build_cam_model(model_cfg, tc.pretrained, f"{self.section}.pretrained")
-        self.cam_model = model.to(ctx.device)
-        self.model = self.cam_model
+        self.model = build_cam_model(model_cfg, tc.pretrained, f"{self.section}.pretrained").to(ctx.device)
         self.lr0 = scaled_lr(tc.lr, tc.batch_size)
         self.optimizer = build_adamw(self.model.parameters(), self.lr0, tc.weight_decay)
         self.dataset = _dataset(ctx, model_cfg)
 
-    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
-        """One pass at this epoch's lr; returns the lr, the iteration count and the rank-averaged losses."""
+    def train_epoch(self, epoch: int, loader: DataLoader, ddp: torch.nn.Module) -> dict[str, Any]:
+        """One pass at this epoch's lr; returns the lr, the iteration count and the rank-averaged losses.
+
+        The losses stay on the device between log lines, where divergence is checked.
+        """
         tc, device = self.tc, self.ctx.device
         lr = cosine_lr(epoch, tc.epochs, self.lr0, tc.warmup_epochs, tc.warmup_lr, tc.min_lr)
         set_lr(self.optimizer, lr)
-        self.ddp.train()
+        ddp.train()
         totals = torch.zeros(len(LOSS_KEYS), device=device)
         window = torch.zeros(len(LOSS_KEYS), device=device)
-        recent: list[torch.Tensor] = []  # the window's total losses, to name the first non-finite one
+        recent: list[torch.Tensor] = []  # the window's total losses, each checked for divergence
         bar = progress(loader, desc=f"train-cam {epoch + 1}/{tc.epochs}", enabled=self.ctx.dist.is_main)
         for it, (images, targets) in enumerate(bar):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            losses = train_step(self.ddp, images, targets, self.optimizer, self.ctx.amp(tc.amp))
+            losses = train_step(ddp, images, targets, self.optimizer, self.ctx.amp(tc.amp))
             step_losses = torch.stack([losses[k] for k in LOSS_KEYS])
             totals += step_losses
             window += step_losses
             recent.append(losses["total"])
             if (it + 1) % tc.log_every == 0 or it + 1 == len(loader):
+                self.check_losses(torch.stack(recent).tolist(), epoch, it + 2 - len(recent))
                 means = dict(zip(LOSS_KEYS, (window / len(recent)).tolist(), strict=True))
-                if not math.isfinite(means["total"]):
-                    first = next((i for i, t in enumerate(recent) if not torch.isfinite(t)), len(recent) - 1)
-                    self.diverged(float(recent[first]), epoch, it + 2 - len(recent) + first)
                 step = epoch * len(loader) + it + 1
                 self.log_iter({"epoch": epoch + 1, "iter": it + 1, "step": step, "lr": lr, **means}, step)
                 bar.set_postfix(loss=f"{means['total']:.4f}", lr=f"{lr:.2e}")
@@ -165,22 +170,15 @@ class CamTrainer(EpochTrainer):
         means = dict(zip(LOSS_KEYS, (totals / (len(loader) * self.ctx.dist.world)).tolist(), strict=True))
         return {"lr": lr, "iters": len(loader), **means}
 
-    def select(self, epoch: int, record: dict[str, Any]) -> bool:
-        """``last`` keeps every epoch; ``gt_miou`` scores this one and keeps it when it beats the best."""
-        if self.selection["mode"] == "last":
-            self.selection = {**self.selection, "epoch": epoch + 1}
-            return True
-        miou, threshold = _score_epoch(self.ctx, self.cam_model)
-        history = [*self.selection["history"], {"epoch": epoch + 1, "miou": miou, "threshold": threshold}]
-        best = self.selection.get("miou")
-        keep = self.ctx.dist.is_main and (best is None or miou > best)
-        if keep:
-            self.selection = {**self.selection, "epoch": epoch + 1, "miou": miou, "threshold": threshold}
-        self.selection = {**self.selection, "history": history}
-        return keep
+    def evaluate(self, epoch: int, record: dict[str, Any]) -> Score | None:
+        """``gt_miou`` scores every epoch's CAMs; ``last`` needs no score."""
+        if self.tc.select_checkpoint == "last":
+            return None
+        miou, threshold = _score_epoch(self.ctx, self.model)
+        return Score(epoch + 1, miou, threshold)
 
     def save_model(self, path: Path) -> None:
-        save_cam_model(path, self.cam_model)
+        save_cam_model(path, self.model)
 
     def summary(self, record: dict[str, Any]) -> str:
         r = record
@@ -189,12 +187,9 @@ class CamTrainer(EpochTrainer):
             f"lr {r['lr']:.2e}"
         )
 
-    def done_fields(self) -> dict[str, Any]:
-        return {"select_checkpoint": self.tc.select_checkpoint}
-
     def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
         """Each fixed train image beside the scale-1.0+flip CAMs of its first three classes."""
-        ctx, model = self.ctx, self.cam_model
+        ctx, model = self.ctx, self.model
         mean, std = model.config.normalisation
         kind = resolve_kind(ctx, "default")
         rows = []
@@ -215,10 +210,5 @@ def train_cam(ctx: RunContext) -> Path:
     trainer = CamTrainer(ctx, model_cfg)
     if trainer.resume():
         return trainer.files.model
-    return trainer.fit(
-        epochs=tc.epochs,
-        batch_size=tc.batch_size,
-        world=ctx.dist.world,
-        lr=trainer.lr0,
-        select_checkpoint=tc.select_checkpoint,
-    )
+    settings = CamRunSettings(tc.epochs, tc.batch_size, ctx.dist.world, trainer.lr0, tc.select_checkpoint)
+    return trainer.fit(settings)

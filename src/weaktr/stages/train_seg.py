@@ -15,8 +15,8 @@ the pseudo-label pixels the loss keeps against GT (the paper's Table XIII / Fig.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from weaktr.config import GCConfig
 from weaktr.data.images import load_image, load_label_map
 from weaktr.data.seed_labels import SeedAndGTTransform, SeedGTDataset, check_label_maps
 from weaktr.data.torch_datasets import SegmentationDataset
 from weaktr.data.transforms import SegTrainTransform
 from weaktr.engine.optim import build_sgd, poly_lr, set_lr
-from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles
+from weaktr.engine.selection import Score, SegSelection
+from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles, RunSettings
 from weaktr.errors import InputError
 from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
@@ -42,6 +44,17 @@ from weaktr.runtime.tensorboard import grid, label_panel
 
 log = logging.getLogger("weaktr")
 GC_MODES: dict[str, GCMode] = {"code": "batch", "per_image": "per_image", "none": "naive"}
+
+
+@dataclass(frozen=True)
+class SegRunSettings(RunSettings):
+    """Phase 2's ``start`` record: the poly schedule's length, the loss and the label folders."""
+
+    iters_per_epoch: int
+    total_iters: int
+    gc: GCConfig
+    seeds: str
+    gt: str | None
 
 
 def _datasets(
@@ -152,7 +165,7 @@ def _eval_split(ctx: RunContext, seg_cfg: SegConfig) -> str | None:
     return split
 
 
-class SegTrainer(EpochTrainer):
+class SegTrainer(EpochTrainer[Segmenter]):
     """SGD with per-iteration poly lr on the gradient-clipping loss; keeps the last or the best-val epoch."""
 
     name, section = "train-seg", "seg_train"
@@ -160,13 +173,7 @@ class SegTrainer(EpochTrainer):
     def __init__(self, ctx: RunContext, seg_cfg: SegConfig, label_dir: Path, gt_dir: Path | None) -> None:
         st, lay = ctx.cfg.seg_train, ctx.layout
         self.eval_split = _eval_split(ctx, seg_cfg)
-        selection = {
-            "select_checkpoint": st.select_checkpoint,
-            "eval_split": self.eval_split,
-            "epoch": 0,
-            "val_miou": None,
-            "history": [],
-        }
+        selection = SegSelection(st.select_checkpoint, self.eval_split)
         super().__init__(
             ctx, PhaseFiles(lay.seg_model, lay.seg_state, lay.seg_log, lay.seg_selection), selection
         )
@@ -184,8 +191,7 @@ class SegTrainer(EpochTrainer):
         )
         self.seed_epoch(0)
         pretrained = None if self.files.state.is_file() else st.pretrained
-        self.seg_model = build_segmenter(seg_cfg, pretrained, f"{self.section}.pretrained").to(ctx.device)
-        self.model = self.seg_model
+        self.model = build_segmenter(seg_cfg, pretrained, f"{self.section}.pretrained").to(ctx.device)
         self.optimizer = build_sgd(
             param_groups(self.model, st.lr, st.encoder_lr_scale),
             st.lr,
@@ -195,11 +201,11 @@ class SegTrainer(EpochTrainer):
         )
         self.gc_mode = GC_MODES[st.gc.mode]
 
-    def train_epoch(self, epoch: int, loader: DataLoader) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, loader: DataLoader, ddp: torch.nn.Module) -> dict[str, Any]:
         """One pass with the per-iteration poly lr; logs every ``log_every`` iterations, returns the means."""
         st, device, with_gt = self.st, self.ctx.device, self.with_gt
         total = len(loader) * st.epochs
-        self.ddp.train()
+        ddp.train()
         epoch_meter, span = _Meter(), _Meter()
         bar = progress(loader, desc=f"train-seg {epoch + 1}/{st.epochs}", enabled=self.ctx.dist.is_main)
         for it, (images, masks) in enumerate(bar):
@@ -210,11 +216,10 @@ class SegTrainer(EpochTrainer):
             masks = masks.to(device, non_blocking=True)
             target, gt = (masks[:, 0], masks[:, 1]) if with_gt else (masks, None)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.ctx.amp(st.amp)):
-                logits = self.ddp(images)
+                logits = ddp(images)
             loss, stats = gradient_clipping_loss(logits.float(), target, st.gc.tau, st.gc.cell, self.gc_mode)
             value = float(loss.detach())
-            if not np.isfinite(value):
-                self.diverged(value, epoch, it + 1)
+            self.check_losses([value], epoch, it + 1)  # before the step: a NaN must not reach the weights
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -231,31 +236,20 @@ class SegTrainer(EpochTrainer):
                 span = _Meter()
         return epoch_meter.record(with_gt)
 
-    def select(self, epoch: int, record: dict[str, Any]) -> bool:
-        """Evaluate every ``eval_every`` epochs and at the last; keep the last or the best val mIoU."""
-        st, selection = self.st, self.selection
-        last = epoch + 1 == st.epochs
-        if self.eval_split is not None and ((epoch + 1) % st.eval_every == 0 or last):
-            scores = evaluate_segmenter(self.ctx, self.seg_model, self.eval_split)
-            record["val_miou"] = scores["miou"]
-            selection["history"].append({"epoch": epoch + 1, "val_miou": scores["miou"]})
-        keep = st.select_checkpoint == "last" or (
-            "val_miou" in record
-            and (selection["val_miou"] is None or record["val_miou"] > selection["val_miou"])
-        )
-        if keep:
-            selection.update(epoch=epoch + 1, val_miou=record.get("val_miou"))
-        return keep
+    def evaluate(self, epoch: int, record: dict[str, Any]) -> Score | None:
+        """The val mIoU every ``eval_every`` epochs and at the last (when there is an evaluation split)."""
+        st = self.st
+        if self.eval_split is None or ((epoch + 1) % st.eval_every and epoch + 1 != st.epochs):
+            return None
+        record["val_miou"] = evaluate_segmenter(self.ctx, self.model, self.eval_split)["miou"]
+        return Score(epoch + 1, record["val_miou"])
 
     def save_model(self, path: Path) -> None:
-        save_segmenter(path, self.seg_model)
+        save_segmenter(path, self.model)
 
     def summary(self, record: dict[str, Any]) -> str:
         val = f", val mIoU {100 * record['val_miou']:.2f}" if "val_miou" in record else ""
         return f"loss {record['loss']:.4f}, clipped {100 * record['clipped_fraction']:.1f}%{val}"
-
-    def done_fields(self) -> dict[str, Any]:
-        return {"val_miou": self.selection["val_miou"]}
 
     def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
         """At evaluations: fixed train images with seed and prediction, val images with GT and prediction."""
@@ -270,7 +264,7 @@ class SegTrainer(EpochTrainer):
             for image_id in info.ids(split)[:GRID_IMAGES]:
                 image = load_image(info.image_path(image_id))
                 shown = load_label_map(labels(image_id), image.shape[:2])
-                predicted = _predict(self.ctx, self.seg_model, image).cpu().numpy().astype(np.uint8)
+                predicted = _predict(self.ctx, self.model, image).cpu().numpy().astype(np.uint8)
                 rows.append([image, label_panel(shown), label_panel(predicted)])
             grids[tag] = grid(rows)
         return grids
@@ -287,11 +281,15 @@ def train_seg(ctx: RunContext, label_dir: Path, gt_dir: Path | None = None) -> P
     trainer = SegTrainer(ctx, seg_cfg, Path(label_dir), None if gt_dir is None else Path(gt_dir))
     if trainer.resume():
         return trainer.files.model
-    return trainer.fit(
-        **trainer.setup,
-        total_iters=trainer.iters * st.epochs,
+    settings = SegRunSettings(
+        epochs=st.epochs,
+        batch_size=st.batch_size,
+        world=ctx.dist.world,
         lr=st.lr,
-        gc=dataclasses.asdict(st.gc),
+        iters_per_epoch=trainer.iters,
+        total_iters=trainer.iters * st.epochs,
+        gc=st.gc,
         seeds=str(label_dir),
         gt=None if gt_dir is None else str(gt_dir),
     )
+    return trainer.fit(settings)
