@@ -46,6 +46,7 @@ COMMANDS = (
     "export_model",
     "report",
     "ablate",
+    "pretrain",
 )
 DEBUG_ENV = "WEAKTR_DEBUG"  # set (to anything but 0) to print a bug's full traceback too
 
