@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from weaktr.config import load_config
+from weaktr.data.info import DatasetInfo
 
 pytestmark = pytest.mark.slow
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -119,7 +120,7 @@ def test_coco_trains_both_phases_with_90_classes(plan, runs):
     _ok(results, "coco")
     run_dir = work / "runs" / "coco"
     assert {*plan.PHASE1, "train_seg", "predict"} <= plan.stage_seconds(run_dir).keys()
-    dataset = load_config("coco").data
-    assert dataset.val_split == "val"
-    val_ids = (work / "data" / "coco" / "val.txt").read_text().split()
+    assert load_config("coco").data.val_split == "val"
+    val_ids = DatasetInfo.load(work / "data" / "coco").ids("val")
+    assert val_ids
     _label_maps(run_dir / "pred" / "val", val_ids, plan.COCO_MINI / "JPEGImages", 90)
