@@ -76,6 +76,19 @@ def _state_epoch(path: Path) -> int:
         return json.loads((f.metadata() or {})[STATE_KEY])["epoch"]
 
 
+def _nan_loss_from_call(monkeypatch: pytest.MonkeyPatch, phase: Any, poisoned: Any) -> None:
+    """Make the phase's loss NaN on the calls (counted from 1) for which ``poisoned(n)`` holds."""
+    calls = {"n": 0}
+    original = getattr(phase.module, phase.loss)
+
+    def loss(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        out = original(*args, **kwargs)
+        return _nan(out) if poisoned(calls["n"]) else out
+
+    monkeypatch.setattr(phase.module, phase.loss, loss)
+
+
 @pytest.mark.parametrize("name", list(PHASES))
 def test_a_nan_loss_is_one_error_line_and_saves_nothing_of_its_epoch(
     name: str,
@@ -85,15 +98,7 @@ def test_a_nan_loss_is_one_error_line_and_saves_nothing_of_its_epoch(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     phase, run = PHASES[name], tmp_path / "run"
-    calls = {"n": 0}
-    original = getattr(phase.module, phase.loss)
-
-    def nan_from_epoch_two(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1  # 4 iterations an epoch: call 5 is iteration 1 of epoch 2
-        out = original(*args, **kwargs)
-        return _nan(out) if calls["n"] >= 5 else out
-
-    monkeypatch.setattr(phase.module, phase.loss, nan_from_epoch_two)
+    _nan_loss_from_call(monkeypatch, phase, lambda n: n >= 5)  # 4 iterations an epoch: 5 is epoch 2's first
     assert main([phase.command, *phase.args(demo, run)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -124,14 +129,7 @@ def test_both_phases_stop_by_the_one_rule_at_the_first_non_finite_loss(
 ) -> None:
     """Only iteration 2's loss is NaN: phase 2 checks it before its step, phase 1 with its log window."""
     phase, run = PHASES[name], tmp_path / "run"
-    calls = {"n": 0}
-    original = getattr(phase.module, phase.loss)
-
-    def nan_at_two(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        out = original(*args, **kwargs)
-        return _nan(out) if calls["n"] == 2 else out
-
+    _nan_loss_from_call(monkeypatch, phase, lambda n: n == 2)
     checked: list[tuple[list[float], int]] = []
     rule = EpochTrainer.check_losses
 
@@ -140,7 +138,6 @@ def test_both_phases_stop_by_the_one_rule_at_the_first_non_finite_loss(
         rule(self, losses, epoch, first_iter)
 
     monkeypatch.setattr(EpochTrainer, "check_losses", spy)
-    monkeypatch.setattr(phase.module, phase.loss, nan_at_two)
     assert main([phase.command, *phase.args(demo, run)]) == 2
     phase_dir = run / phase.command.split("-")[1]
     assert f"{phase_dir / 'log.jsonl'}: training diverged: the loss is nan at iteration 2 of epoch 1; " in (
