@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from PIL import Image
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 
 from weaktr.errors import InputError
 
@@ -112,8 +114,20 @@ def save_checkpoint(
     meta = {CONFIG_KEY: json.dumps(config)}
     meta.update(metadata or {})
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    data = safetensors.torch.save(tensors, metadata=meta)
     with atomic_write(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        tmp.write_bytes(canonical_safetensors(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its metadata keys sorted: safetensors writes them in hash-map order, which
+    changes from call to call, so equal weights would otherwise not give equal bytes."""
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes; keep the data aligned
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -23,6 +23,13 @@ from torch import nn
 from weaktr.models.cpu_blocks import FusedBlock, fuse, fused_problem
 from weaktr.models.timm_factory import create_backbone
 
+# the authors' DeiT blocks: qkv bias, eps 1e-6 LayerNorm, exact GELU (also the demo backbone's pretraining)
+VIT_BLOCK_OPTIONS: dict[str, Any] = {
+    "qkv_bias": True,
+    "norm_layer": partial(nn.LayerNorm, eps=1e-6),
+    "act_layer": nn.GELU,
+}
+
 
 @dataclass
 class BackboneOutput:
@@ -117,9 +124,7 @@ class ViTBackbone(nn.Module):
             img_size=img_size,
             drop_path_rate=drop_path,
             dynamic_img_size=True,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            act_layer=nn.GELU,
+            **VIT_BLOCK_OPTIONS,
             **overrides,
         )
         _check_supported(vit, name)

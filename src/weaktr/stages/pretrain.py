@@ -19,15 +19,12 @@ import dataclasses
 import json
 import logging
 import math
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
@@ -37,7 +34,8 @@ from weaktr import __version__
 from weaktr.data import pretrain_shapes
 from weaktr.engine.optim import set_lr, warmup_cosine_lr
 from weaktr.errors import InputError
-from weaktr.io import CONFIG_KEY, atomic_write
+from weaktr.io import save_checkpoint
+from weaktr.models.backbone import VIT_BLOCK_OPTIONS
 from weaktr.models.timm_factory import create_backbone, normalisation
 from weaktr.pretrain_settings import PretrainSettings
 from weaktr.runtime.logging import format_seconds, progress
@@ -78,9 +76,7 @@ def build_classifier(s: PretrainSettings, num_classes: int) -> nn.Module:
         depth=s.depth,
         num_heads=s.num_heads,
         drop_path_rate=s.drop_path,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        act_layer=nn.GELU,
+        **VIT_BLOCK_OPTIONS,
     )
 
 
@@ -292,20 +288,7 @@ def save_pretrained(path: str | Path, model: nn.Module, s: PretrainSettings, met
         for k, v in model.state_dict().items()
     }
     config = {"type": CHECKPOINT_TYPE, "num_classes": len(pretrain_shapes.CLASSES), **s.architecture()}
-    data = safetensors.torch.save(state, metadata={"format": "pt", CONFIG_KEY: json.dumps(config), **meta})
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(canonical_safetensors(data))
-
-
-def canonical_safetensors(data: bytes) -> bytes:
-    """The same file with its metadata keys sorted: safetensors writes them in hash-map order, which
-    changes from call to call, so equal settings would otherwise not give equal bytes."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # safetensors pads the header to 8 bytes; keep the data aligned
-    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+    save_checkpoint(path, state, config, {"format": "pt", **meta})
 
 
 def accuracy_summary(result: PretrainResult) -> str:
