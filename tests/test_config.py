@@ -362,3 +362,12 @@ def test_packaged_model_sections_are_accepted_by_the_models(name):
     cfg = load_config(name)
     assert cam.CAMConfig.from_dict(cfg.cam_model).num_classes == cfg.cam_model["num_classes"]
     assert seg.SegConfig.from_dict(cfg.seg_model).n_cls == cfg.cam_model["num_classes"] + 1
+
+
+def test_the_pseudo_mask_split_is_the_train_side_split_that_predict_relabels():
+    """voc trains on train_aug and predicts [val, train]: its pseudo masks are train's; the demo's its
+    training split; a config predicting no train-side split falls back to the training split."""
+    assert load_config("voc").pseudo_mask_split == "train"
+    assert load_config("voc").train_side_splits == ("train_aug", "train")
+    assert load_config("demo").pseudo_mask_split == "train"
+    assert load_config("voc", ["predict.splits=[val]"]).pseudo_mask_split == "train_aug"

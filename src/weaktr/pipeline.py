@@ -125,15 +125,14 @@ def _train_seg(ctx: RunContext) -> dict[str, Any]:
 
 
 def _predict(ctx: RunContext) -> dict[str, Any]:
-    """Predict each of predict.splits; a train-side split (the training split, or the GT split CAMs are
-    scored on: VOC's ``train`` inside ``train_aug``) gives pseudo masks, any other the segmenter's score."""
+    """Predict each of predict.splits: a train-side split (``RunConfig.train_side_splits``) gives pseudo
+    masks, any other the segmenter's score."""
     out: dict[str, Any] = {}
-    train_side = {ctx.cfg.data.train_split, ctx.cfg.data.cam_eval_split_or_train}
     for split in ctx.cfg.predict.splits:
         pred_dir = predict_split(
             ctx, ctx.layout.seg_model, split, ctx.layout.pred(split), crf=ctx.cfg.predict.crf
         )
-        is_train = split in train_side
+        is_train = split in ctx.cfg.train_side_splits
         if is_train and ctx.dist.is_main:
             seeded = set(ctx.dataset.ids(ctx.cfg.data.train_split))  # the images that have seeds
             ids = [i for i in ctx.dataset.ids(split) if i in seeded]

@@ -14,7 +14,7 @@ from weaktr.errors import InputError
 if TYPE_CHECKING:
     from weaktr.data.info import DatasetInfo
 
-WHAT = {"pseudo_masks": "train_split", "predictions": "val_split"}
+WHAT = ("pseudo_masks", "predictions")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write label maps as a COCO instances JSON (RLE) for CVAT / Label Studio",
         description="Export label PNGs as COCO JSON: one annotation per (image, class) with its mask in "
         "RLE, category id = label id. Give either --labels DIR --dataset YAML --split S, or --run RUN_DIR "
-        "(--what pseudo_masks exports pred/<train split>, --what predictions pred/<val split>).",
+        "(--what pseudo_masks exports the train split that predict relabelled, --what predictions the val "
+        "split).",
     )
     p.add_argument("--labels", type=Path, help="folder of <id>.png label maps")
     p.add_argument("--dataset", type=Path, help="the dataset.yaml (class names, split lists, image names)")
@@ -50,10 +51,7 @@ def _sources(args: argparse.Namespace) -> tuple[Path, DatasetInfo, str]:
     run = RunLayout(args.run)
     cfg = load_config(run.config)
     dataset = DatasetInfo.load(args.dataset) if args.dataset else run_dataset(args.run, cfg.data.dataset)
-    split = args.split or getattr(cfg.data, WHAT[args.what])
-    if not args.split and args.what == "pseudo_masks" and not run.pred(split).is_dir():
-        # voc trains on train_aug but relabels train, the split with GT that CAMs are scored on
-        split = cfg.data.cam_eval_split_or_train
+    split = args.split or (cfg.pseudo_mask_split if args.what == "pseudo_masks" else cfg.data.val_split)
     labels = run.pred(split)
     if not labels.is_dir():
         raise InputError(f"no label maps of split {split!r}: run the predict stage first", labels)

@@ -242,6 +242,17 @@ class RunConfig:
             return self.cam_gen.refine
         return bool(self.cam_model.get("refine", True))
 
+    @property
+    def train_side_splits(self) -> tuple[str, str]:
+        """The splits whose predictions are pseudo masks: the training split, and the GT split its CAMs
+        are scored on (VOC trains on train_aug and relabels train, Table I's "train")."""
+        return (self.data.train_split, self.data.cam_eval_split_or_train)
+
+    @property
+    def pseudo_mask_split(self) -> str:
+        """The train-side split that ``predict.splits`` relabels (the training split when none is)."""
+        return next((s for s in self.predict.splits if s in self.train_side_splits), self.data.train_split)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-ready)."""
         return dataclasses.asdict(self)
