@@ -37,19 +37,21 @@ from PIL import Image
 from targets import AGREEMENT_MIN, BF16_SKIPPED_CELL, CAM_TARGETS
 from targets import AUTHORS as THEIRS
 
-from weaktr.cam.generate import generate_cams, prepare_image
+from weaktr.cam.generate import CamGenSettings, generate_cams, prepare_image
 from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
 from weaktr.crf import CRFParams, label_crf
 from weaktr.data.demo import render_scene
 from weaktr.engine.optim import build_adamw
 from weaktr.io import load_cams
 from weaktr.models.cam import CAMConfig, build_cam_model
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.stages.train_cam import train_step
 
 # s; the authors' code on a 2-core machine (targets.py; the label CRF: 2026-11-25). Their CAM figure
 # is float32; the targets are ≥ 2× it in float32 and ≥ 3× it in bf16.
 AUTHORS = {"train_step": THEIRS["cam_train_step"], "cam_gen": THEIRS["cam_gen"], "label_crf": 0.39}
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DeiT-S's, which generate_cams reads off the model
+SCALES = CamGenSettings((1.0, 1.2))
 IMAGE_HW = (375, 500)
 CAM_LABELS = [1, 15]  # two classes + background = the 3 CRF labels
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
@@ -77,7 +79,9 @@ def bench_train_step(device: torch.device, amp: bool, reps: int) -> dict[str, An
     images = torch.randn(8, 3, 224, 224, device=device)
     targets = (torch.rand(8, 20, device=device) < 0.15).float()
     return measure(
-        lambda: train_step(model, images, targets, optimizer, amp), reps, sync=device.type == "cuda"
+        lambda: train_step(model, images, targets, optimizer, ExecutionPolicy.training(device, amp)),
+        reps,
+        sync=device.type == "cuda",
     )
 
 
@@ -97,7 +101,8 @@ def bench_cam_gen(
 
     def ours(amp: bool) -> None:
         item = [(f"img{next(ids)}", image, CAM_LABELS)]
-        generate_cams(model, item, out / str(amp), [1.0, 1.2], MEAN, STD, device, amp=amp, progress=False)
+        model.prepare_inference(ExecutionPolicy.cam_inference(device, amp))  # the packs persist across calls
+        generate_cams(model, item, out / str(amp), SCALES, device, progress=False)
 
     def theirs(amp: bool) -> None:
         inputs = prepare_image("", image, CAM_LABELS, [1.0, 1.2], MEAN, STD).inputs
@@ -149,9 +154,8 @@ def seed_agreement(images: list[np.ndarray], device: torch.device) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         for amp in (False, True):
             items = [(f"a{i}", im, CAM_LABELS) for i, im in enumerate(images)]
-            generate_cams(
-                model, items, Path(tmp) / str(amp), [1.0, 1.2], MEAN, STD, device, amp, progress=False
-            )
+            model.prepare_inference(ExecutionPolicy.cam_inference(device, amp))
+            generate_cams(model, items, Path(tmp) / str(amp), SCALES, device, progress=False)
         for i in range(len(images)):
             seeds = [
                 seed_from_cams(*load_cams(Path(tmp) / str(amp) / f"a{i}.npz"), 0.43) for amp in (False, True)

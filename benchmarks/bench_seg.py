@@ -59,6 +59,7 @@ from weaktr.evaluation.inference import (
     window_anchors,
 )
 from weaktr.losses import gradient_clipping_loss
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 
 AUTHORS = {"train_step": 7.3, "infer_1scale": 1.8, "infer_6scale_flip_ens": 32.0, "crf_1": 0.84}
@@ -191,8 +192,11 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int, bf16: bool
     out: dict[str, Any] = {}
     preds: dict[str, torch.Tensor] = {}
 
-    def run(name: str, **kw: Any) -> Callable[[], None]:
+    def run(name: str, amp: bool = False, **kw: Any) -> Callable[[], None]:
+        policy = ExecutionPolicy.seg_inference(torch.device("cpu"), amp)
+
         def fn() -> None:
+            model.prepare_inference(policy)  # switching precision: new packs or bf16 copies, as before
             preds[name] = predict_probs(
                 model, image, InferenceSettings(window_batch=window_batch, **kw)
             ).argmax(0)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from weaktr.cam.generate import fuse_cams, label_vector
-from weaktr.models.backbone import resize_pos_embed
 from weaktr.models.cam import CAMNet
+from weaktr.models.encoder import resample_pos_embed
 
 
 def _their_forward(model: CAMNet, x: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def _their_forward(model: CAMNet, x: torch.Tensor) -> torch.Tensor:
     patches = vit.patch_embed(x[..., : H // ph * ph, : W // pw * pw])
     _, h, w, D = patches.shape
     tokens = torch.cat((vit.cls_token, patches.reshape(1, h * w, D)), dim=1)
-    tokens = tokens + resize_pos_embed(vit.pos_embed, C, (h, w), (H, W))
+    tokens = tokens + resample_pos_embed(vit.pos_embed, C, (h, w), "dino", (H, W))
     maps, feats = [], []
     for block in vit.blocks:
         a = block.attn

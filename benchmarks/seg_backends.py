@@ -2,9 +2,9 @@
 
 Variants (each its own copy of one random-init model, so their CPU contexts do not share blocks):
 
-- ``torch_plain``: PyTorch with ``fused_cpu=False`` (timm's own block forward);
+- ``torch_plain``: PyTorch under a policy with ``fused_cpu=False`` (timm's own block forward);
 - ``torch_fused``: PyTorch with the self-checked private oneDNN block forward (models/cpu_blocks);
-- ``torch_bf16``: ``amp=True`` (bf16 encoder; fused only where the bf16 self-check passes); left out
+- ``torch_bf16``: a bf16 policy (bf16 encoder; fused only where the bf16 self-check passes); left out
   (``bf16=False``) where the CPU has no native bf16, as bench_seg.py decides;
 - ``torch_compile``: the plain model's ``forward_masks`` under ``torch.compile`` with frozen weights;
 - ``ort_fp32``: the ``weaktr export-model`` file in onnxruntime;
@@ -23,7 +23,6 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,10 @@ import torch
 from common import cpu_seconds, measure_rounds, paired_ratios
 from targets import AGREEMENT_MIN
 
-from weaktr.evaluation.inference import InferenceSettings, SegNet, inference_precision, predict_probs
+from weaktr.evaluation.inference import InferenceSettings, SegNet, predict_probs
 from weaktr.evaluation.onnx_backend import OrtSegmenter, export_segmenter
 from weaktr.models.cpu_blocks import fused_problem
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import SegConfig, build_segmenter, load_segmenter, save_segmenter
 
 REFERENCE, BASELINE = "torch_plain", "torch_fused"
@@ -44,7 +44,7 @@ REFERENCE, BASELINE = "torch_plain", "torch_fused"
 @dataclass
 class Variant:
     net: SegNet
-    fields: dict[str, Any]  # InferenceSettings fields of this variant (fused_cpu, amp)
+    fields: dict[str, Any]  # InferenceSettings fields of this variant
     load: dict[str, float]  # wall/CPU seconds to get it ready to predict
     note: str = ""
     warm_up_each: bool = False  # warm up before each test (torch.compile: one compile per shape)
@@ -57,7 +57,7 @@ def _seconds(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     return value, {"wall_s": round(time.perf_counter() - wall, 3), "cpu_s": round(cpu_seconds() - cpu, 3)}
 
 
-def build_variants(work: Path, stack: ExitStack, bf16: bool = True) -> dict[str, Variant]:
+def build_variants(work: Path, bf16: bool = True) -> dict[str, Variant]:
     """Save a random DeiT-S segmenter, export and convert it, and load every variant (timed);
     ``torch_bf16`` only with ``bf16`` (emulated bf16 would take hours and measure the emulation)."""
     import onnx
@@ -69,24 +69,25 @@ def build_variants(work: Path, stack: ExitStack, bf16: bool = True) -> dict[str,
     save_segmenter(ckpt, build_segmenter(SegConfig()).eval())
     cpu = torch.device("cpu")
     out: dict[str, Variant] = {}
-    torch_variants: list[tuple[str, dict[str, Any]]] = [
-        ("torch_plain", {"fused_cpu": False}),
-        ("torch_fused", {"fused_cpu": True}),
+    torch_variants = [
+        ("torch_plain", ExecutionPolicy.seg_inference(cpu, False, fused_cpu=False)),
+        ("torch_fused", ExecutionPolicy.seg_inference(cpu, False)),
     ]
     if bf16:
-        torch_variants.append(("torch_bf16", {"fused_cpu": True, "amp": True}))
-    for name, fields in torch_variants:
-        settings = InferenceSettings(**fields)
+        torch_variants.append(("torch_bf16", ExecutionPolicy.seg_inference(cpu, True)))
+    for name, policy in torch_variants:
 
-        def ready(s: InferenceSettings = settings) -> torch.nn.Module:
-            model = load_segmenter(ckpt, cpu)
-            stack.enter_context(inference_precision(model, s, cpu))  # packing / bf16 copy: once
+        def ready(p: ExecutionPolicy = policy) -> torch.nn.Module:
+            model = load_segmenter(ckpt, cpu).prepare_inference(p)
+            if p.fused:  # packing / bf16 copy: once, as a loaded model's first call does it
+                with torch.no_grad():
+                    model.forward_masks(torch.zeros(1, 3, model.patch_size, model.patch_size))
             return model
 
         model, load = _seconds(ready)
-        problem = fused_problem(torch.bfloat16 if fields.get("amp") else torch.float32)
-        note = "" if not fields["fused_cpu"] else ("fused" if problem is None else f"plain ({problem})")
-        out[name] = Variant(model, fields, load, note)
+        problem = fused_problem(policy.backbone_dtype)
+        note = "" if not policy.fused_cpu else ("fused" if problem is None else f"plain ({problem})")
+        out[name] = Variant(model, {}, load, note)
     out["torch_compile"] = _compiled(ckpt)
     onnx_fp32 = work / "seg.onnx"
     _, export = _seconds(lambda: export_segmenter(ckpt, onnx_fp32))
@@ -121,7 +122,7 @@ def _compiled(ckpt: Path) -> Variant:
     inductor_config.freezing = True  # read when a graph is compiled; only this variant compiles
     model, load = _seconds(lambda: load_segmenter(ckpt, torch.device("cpu")))
     model.forward_masks = torch.compile(model.forward_masks)  # type: ignore[method-assign]
-    return Variant(model, {"fused_cpu": False}, load, "", warm_up_each=True)
+    return Variant(model, {}, load, "", warm_up_each=True)
 
 
 def bench_backends(
@@ -133,8 +134,8 @@ def bench_backends(
     one = InferenceSettings(scales=(1.0,), flip=False, ensemble_weight=None, window_batch=window_batch)
     six = InferenceSettings(window_batch=window_batch)
     result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        variants = build_variants(Path(tmp), stack, bf16)
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = build_variants(Path(tmp), bf16)
         names = list(variants)
         for label, base, rounds in (("1scale", one, rounds_1), ("6scale_flip_ens", six, rounds_6)):
             preds: dict[str, torch.Tensor] = {}

@@ -24,8 +24,7 @@ from test_data_prepare import _fake_voc
 from test_train_seg import demo  # noqa: F401  (the module-scoped demo fixture)
 from test_trainer import PHASES
 
-import weaktr.models.backbone
-import weaktr.models.segmenter
+import weaktr.models.encoder
 from weaktr.cli import build_parser, main
 from weaktr.commands.common import load_run_config
 from weaktr.config import RunConfig, load_config
@@ -249,8 +248,7 @@ def _backbone_weights(monkeypatch: pytest.MonkeyPatch, section: str, cfg: RunCon
                 torch.save({k: v.clone() for k, v in model.state_dict().items()}, path)
             return model
 
-        for module in (weaktr.models.backbone, weaktr.models.segmenter):
-            m.setattr(module, "create_backbone", spy)
+        m.setattr(weaktr.models.encoder, "create_backbone", spy)  # the one builder of both networks
         NETWORKS[section](cfg)
     return path
 

@@ -101,20 +101,20 @@ def test_predict_folder_packs_the_fused_blocks_once(checkpoints, image, tmp_path
     for name in ("a", "b", "c"):
         Image.fromarray(image).save(folder / f"{name}.png")
     packed: list[object] = []
+    reorder = torch.ops.mkldnn._reorder_linear_weight
 
-    class Counting(cpu_blocks.FusedBlock):
-        def __init__(self, block: torch.nn.Module) -> None:
-            packed.append(block)
-            super().__init__(block)
+    def counting(weight: torch.Tensor, *args: object) -> torch.Tensor:
+        packed.append(weight)
+        return reorder(weight, *args)
 
     if cpu_blocks.fused_problem(torch.float32) is not None:
         pytest.skip(f"no fused fp32 forward here: {cpu_blocks.fused_problem(torch.float32)}")
-    monkeypatch.setattr(cpu_blocks, "FusedBlock", Counting)
-    model = WeakTr.load(checkpoints[0], device="cpu")
-    model.predict_folder(folder, tmp_path / "masks", scales=(0.75, 1.0))
+    model = WeakTr.load(checkpoints[0], device="cpu")  # the policy is resolved here, once
     blocks = [*model.segmenter.encoder.blocks, *model.segmenter.decoder.blocks]
-    assert packed == blocks  # once for the folder, not per image or scale
-    assert not any("forward" in vars(b) for b in blocks)
+    assert all(isinstance(b, cpu_blocks.FusedBlock) for b in blocks)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", counting)
+    model.predict_folder(folder, tmp_path / "masks", scales=(0.75, 1.0))
+    assert len(packed) == 4 * len(blocks)  # four weights per block, once for the folder
 
 
 def test_from_run_takes_class_names_and_predict_settings(tmp_path, image) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from weaktr.cam.generate import (
     MINMAX_EPS,
+    CamGenSettings,
     fuse_cams,
     generate_cams,
     multiscale_cam,
@@ -24,12 +25,19 @@ from weaktr.io import load_cams
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CPU = torch.device("cpu")
+ONE = CamGenSettings((1.0,))
 
 
 @dataclass
 class FakeOutput:
     fused_cam: torch.Tensor
     fine_cam: torch.Tensor
+    refine: bool
+
+    def cam(self, kind: str) -> torch.Tensor:
+        if kind not in ("default", "fused", "refined"):
+            raise InputError(f"unknown CAM kind {kind!r}")
+        return self.fine_cam if kind == "refined" or (kind == "default" and self.refine) else self.fused_cam
 
 
 class FakeCAM(torch.nn.Module):
@@ -37,7 +45,7 @@ class FakeCAM(torch.nn.Module):
 
     def __init__(self, num_classes: int = 4, refine: bool = True) -> None:
         super().__init__()
-        self.config = SimpleNamespace(num_classes=num_classes, refine=refine)
+        self.config = SimpleNamespace(num_classes=num_classes, refine=refine, normalisation=(MEAN, STD))
         self.weight = torch.nn.Parameter(torch.linspace(0.5, 1.5, num_classes * 3).reshape(num_classes, 3))
         self.batches: list[torch.Tensor] = []
 
@@ -45,7 +53,7 @@ class FakeCAM(torch.nn.Module):
         self.batches.append(x.clone())
         pooled = F.avg_pool2d(x, 16)  # (B, 3, h, w)
         fused = torch.einsum("ck,bkhw->bchw", self.weight, pooled).exp()
-        return FakeOutput(fused_cam=fused, fine_cam=fused.square())
+        return FakeOutput(fused_cam=fused, fine_cam=fused.square(), refine=self.config.refine)
 
 
 def _image(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -142,7 +150,7 @@ def test_multiscale_no_labels_skips_forward_and_bad_label_id() -> None:
 def test_generate_writes_shards_resumes_and_loads(tmp_path: Path) -> None:
     model = FakeCAM()
     items = [(f"im{i}", _image(seed=i), [1 + i % 4]) for i in range(5)]
-    n = generate_cams(model, items, tmp_path, [1.0], MEAN, STD, CPU, rank=1, world=2, progress=False)
+    n = generate_cams(model, items[1::2], tmp_path, ONE, CPU, progress=False)  # rank 1 of 2's share
     assert n == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["im1.npz", "im3.npz"]
     with np.load(tmp_path / "im1.npz") as data:
         assert data["cams"].dtype == np.float16 and data["classes"].dtype == np.int64
@@ -153,7 +161,7 @@ def test_generate_writes_shards_resumes_and_loads(tmp_path: Path) -> None:
     np.testing.assert_allclose(cams, expected.numpy(), atol=1e-3)
     model.batches.clear()
     before = (tmp_path / "im1.npz").stat().st_mtime_ns
-    n = generate_cams(model, items, tmp_path, [1.0], MEAN, STD, CPU, progress=False)
+    n = generate_cams(model, items, tmp_path, ONE, CPU, progress=False)
     assert n == 3 and len(model.batches) == 3  # the two existing files were skipped
     assert (tmp_path / "im1.npz").stat().st_mtime_ns == before
 
@@ -164,7 +172,7 @@ def test_generate_failure_leaves_no_partial_file(tmp_path: Path) -> None:
 
     items = [("ok", lambda: _image(), [1]), ("bad", broken, [1])]
     with pytest.raises(InputError, match=r"broken\.jpg"):
-        generate_cams(FakeCAM(), items, tmp_path, [1.0], MEAN, STD, CPU, progress=False)
+        generate_cams(FakeCAM(), items, tmp_path, ONE, CPU, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["ok.npz"]
 
 
@@ -179,11 +187,12 @@ def test_load_cams_bad_files(tmp_path: Path) -> None:
         load_cams(tmp_path / "wrong.npz")
 
 
-def test_amp_runs_the_model_in_bfloat16_and_fuses_in_float32() -> None:
+def test_maps_of_a_bf16_model_are_fused_in_float32() -> None:
     model = FakeCAM().eval()
     image = _image()
-    exact, _ = multiscale_cam(model, image, [1, 2], [1.0], MEAN, STD, CPU, amp=False)
-    fast, _ = multiscale_cam(model, image, [1, 2], [1.0], MEAN, STD, CPU, amp=True)
+    exact, _ = multiscale_cam(model, image, [1, 2], [1.0], MEAN, STD, CPU)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as a network computing in bf16 would
+        fast, _ = multiscale_cam(model, image, [1, 2], [1.0], MEAN, STD, CPU)
     assert fast.dtype == torch.float32
     torch.testing.assert_close(fast, exact, atol=0.1, rtol=0)
 
@@ -192,22 +201,14 @@ def test_generate_several_kinds_from_one_forward(tmp_path: Path) -> None:
     """``also`` writes other CAM kinds from the same forwards, equal to separate single-kind runs."""
     items = [(f"im{i}", _image(seed=i), [1 + i % 4]) for i in range(3)]
     model = FakeCAM()
+    two = CamGenSettings((1.0, 0.5), kind="fused")
     generate_cams(
-        model,
-        items,
-        tmp_path / "fused",
-        [1.0, 0.5],
-        MEAN,
-        STD,
-        CPU,
-        kind="fused",
-        progress=False,
-        also={"refined": tmp_path / "refined"},
+        model, items, tmp_path / "fused", two, CPU, progress=False, also={"refined": tmp_path / "refined"}
     )
     assert len(model.batches) == 2 * 3  # one forward per image and scale, not one per kind
     for kind in ("fused", "refined"):
         generate_cams(
-            FakeCAM(), items, tmp_path / f"ref_{kind}", [1.0, 0.5], MEAN, STD, CPU, kind=kind, progress=False
+            FakeCAM(), items, tmp_path / f"ref_{kind}", CamGenSettings((1.0, 0.5), kind), CPU, progress=False
         )
         for i, _, _ in items:
             got, _ = load_cams(tmp_path / kind / f"{i}.npz")
@@ -217,11 +218,9 @@ def test_generate_several_kinds_from_one_forward(tmp_path: Path) -> None:
     refined, _ = load_cams(tmp_path / "refined" / "im0.npz")
     assert not np.array_equal(fused, refined)
     with pytest.raises(InputError, match="unknown CAM kind"):
-        generate_cams(FakeCAM(), items, tmp_path / "x", [1.0], MEAN, STD, CPU, also={"sharp": tmp_path})
+        generate_cams(FakeCAM(), items, tmp_path / "x", ONE, CPU, also={"sharp": tmp_path})
     with pytest.raises(ValueError, match="both the main output"):
-        generate_cams(
-            FakeCAM(), items, tmp_path / "x", [1.0], MEAN, STD, CPU, kind="fused", also={"fused": tmp_path}
-        )
+        generate_cams(FakeCAM(), items, tmp_path / "x", two, CPU, also={"fused": tmp_path})
 
 
 def test_the_benchmarks_reenactment_of_the_authors_loop_gives_our_cams() -> None:

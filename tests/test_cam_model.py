@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from conftest import TINY_CAM
 from safetensors.torch import save_file
 
-from weaktr.cam.generate import select_cam
 from weaktr.errors import InputError
 from weaktr.io import save_checkpoint
 from weaktr.models.aaf import AAF
-from weaktr.models.backbone import ViTBackbone, block_forward, resize_pos_embed
+from weaktr.models.backbone import ViTBackbone
 from weaktr.models.cam import (
     CAMConfig,
     CAMNet,
@@ -27,6 +26,8 @@ from weaktr.models.cam import (
     map_official_key,
     save_cam_model,
 )
+from weaktr.models.encoder import resample_pos_embed
+from weaktr.models.execution import ExecutionPolicy
 
 
 def tiny(**kw: object) -> CAMNet:
@@ -50,9 +51,11 @@ def test_shapes_patch16_non_square_and_non_divisible() -> None:
         ("aaf_weights", (B, M)),
     ]:
         assert tuple(getattr(out, name).shape) == shape, name
-    assert select_cam(out, "default", refine=True) is out.fine_cam  # the CAM used downstream
+    assert out.cam("default") is out.fine_cam  # the CAM used downstream
     plain = tiny(refine=False)(torch.randn(1, 3, 32, 48))
-    assert select_cam(plain, "default", refine=False) is plain.fused_cam
+    assert plain.cam("default") is plain.fused_cam and plain.cam("refined") is plain.fine_cam
+    with pytest.raises(InputError, match="unknown CAM kind"):
+        plain.cam("best")
     assert plain.fused_cam.shape == (1, 3, 2, 3)
 
 
@@ -82,7 +85,7 @@ def test_block_captures_match_timm_block() -> None:
         "deit_small_patch16_224", 2, 32, None, "patch", 0.0, embed_dim=64, depth=1, num_heads=4
     ).eval()
     x = torch.randn(2, 6, 64)
-    y, attn, out, head_out = block_forward(b.vit.blocks[0], x)
+    y, attn, out, head_out = b.vit.blocks[0].forward_with_maps(x)
     torch.testing.assert_close(y, b.vit.blocks[0](x))
     torch.testing.assert_close(out, b.vit.blocks[0].attn(b.vit.blocks[0].norm1(x)))
     assert head_out.shape == (2, 4, 6, 16) and attn.shape == (2, 4, 6, 6)
@@ -111,11 +114,11 @@ def test_pos_embed_o4_rule() -> None:
     torch.manual_seed(0)
     g, C, D = 14, 2, 8
     pos = torch.randn(1, C + g * g, D)
-    assert resize_pos_embed(pos, C, (14, 14), (224, 224)) is pos  # square 14x14: skipped
+    assert resample_pos_embed(pos, C, (14, 14), "dino", (224, 224)) is pos  # square 14x14: skipped
 
     grid_img = pos[:, C:].reshape(1, g, g, D).permute(0, 3, 1, 2)
     for grid, size in [((14, 14), (224, 232)), ((10, 17), (160, 272))]:
-        got = resize_pos_embed(pos, C, grid, size)
+        got = resample_pos_embed(pos, C, grid, "dino", size)
         assert got.shape == (1, C + grid[0] * grid[1], D)
         assert torch.equal(got[:, :C], pos[:, :C])  # class slots untouched
         want = F.interpolate(
@@ -128,7 +131,7 @@ def test_pos_embed_o4_rule() -> None:
         by_size = F.interpolate(grid_img, size=grid, mode="bicubic", align_corners=False)
         assert not torch.allclose(got[:, C:], by_size.permute(0, 2, 3, 1).reshape(1, -1, D), atol=1e-4)
     # a non-square 14x14 grid is still interpolated (14.1/14 is not the identity)
-    assert not torch.allclose(resize_pos_embed(pos, C, (14, 14), (224, 232)), pos, atol=1e-4)
+    assert not torch.allclose(resample_pos_embed(pos, C, (14, 14), "dino", (224, 232)), pos, atol=1e-4)
 
 
 def test_aaf_index_layout_head_major_strided() -> None:
@@ -376,31 +379,57 @@ def test_inference_fusion_by_layer_matches_the_training_path(fusion: str) -> Non
         torch.testing.assert_close(getattr(by_layer, name), expected, rtol=1e-5, atol=1e-6)
 
 
+def _prepared(fused: bool = False) -> CAMNet:
+    return tiny().prepare_inference(ExecutionPolicy.cam_inference(torch.device("cpu"), False, fused))
+
+
 @pytest.mark.parametrize("amp", [False, True])
 def test_reused_attention_buffer_gives_the_same_maps_and_follows_the_input_size(amp: bool) -> None:
-    model = tiny()
+    model, reusing = tiny(), _prepared()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
         for shape in ((1, 3, 48, 64), (2, 3, 80, 32), (1, 3, 32, 32)):
             x = torch.randn(*shape)
             plain = model.backbone(x)
-            reused = model.backbone(x, reuse_buffers=True)
+            reused = reusing.backbone(x)
             for a, b in zip(plain.attn, reused.attn, strict=True):
                 assert torch.equal(a, b) and b.dtype == (torch.bfloat16 if amp else torch.float32)
             torch.testing.assert_close(reused.tokens, plain.tokens, rtol=0, atol=0)
+    assert not model.backbone.vit._maps  # an unprepared network allocates fresh maps
     # the buffer is kept between calls, grown to the largest maps seen, and never saved as state
-    kept = model.backbone._attn_buffers
+    kept = reusing.backbone.vit._maps
     assert list(kept) == [torch.bfloat16 if amp else torch.float32]
     assert kept[next(iter(kept))].numel() >= 2 * 2 * 4 * (3 + 10) ** 2
-    assert not any("_buffer" in k for k in model.state_dict())
+    assert list(reusing.state_dict()) == list(model.state_dict())
 
 
 def test_alternating_precisions_keep_one_buffer_each() -> None:
-    model, x = tiny(), torch.randn(1, 3, 48, 64)
+    model, x = _prepared(), torch.randn(1, 3, 48, 64)
     with torch.inference_mode():
-        model.backbone(x, reuse_buffers=True)
+        model.backbone(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            model.backbone(x, reuse_buffers=True)
-        kept = {d: b.data_ptr() for d, b in model.backbone._attn_buffers.items()}
-        model.backbone(x, reuse_buffers=True)  # back to float32: its buffer is still there
+            model.backbone(x)
+        kept = {d: b.data_ptr() for d, b in model.backbone.vit._maps.items()}
+        model.backbone(x)  # back to float32: its buffer is still there
     assert set(kept) == {torch.float32, torch.bfloat16}
-    assert {d: b.data_ptr() for d, b in model.backbone._attn_buffers.items()} == kept
+    assert {d: b.data_ptr() for d, b in model.backbone.vit._maps.items()} == kept
+
+
+def test_the_network_owns_its_inference_precision() -> None:
+    """Under a bf16 CAM policy the backbone computes in bf16 and the heads in float32, whoever calls;
+    without a policy, or with gradients on, the forward is the caller's (training's autocast)."""
+    model, x = tiny(), torch.randn(2, 3, 48, 64)
+    seen: dict[str, torch.dtype] = {}
+    model.head.register_forward_pre_hook(lambda _, args: seen.update(head=args[0].dtype))
+    model.backbone.vit.blocks[0].attn.qkv.register_forward_hook(
+        lambda _m, _a, out: seen.update(qkv=out.dtype)
+    )
+    with torch.inference_mode():
+        exact = model(x)
+        assert seen == {"head": torch.float32, "qkv": torch.float32}
+        model.prepare_inference(ExecutionPolicy.cam_inference(torch.device("cpu"), bf16=True))
+        fast = model(x)
+    assert seen == {"head": torch.float32, "qkv": torch.bfloat16}
+    assert fast.fine_cam.dtype == torch.float32
+    torch.testing.assert_close(fast.cls_logits, exact.cls_logits, atol=0.1, rtol=0.1)
+    model(x)  # gradients on: the policy is not applied
+    assert seen == {"head": torch.float32, "qkv": torch.float32}

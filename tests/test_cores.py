@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_cam_generate import MEAN, STD, FakeCAM
+from test_cam_generate import FakeCAM
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import weaktr.cores as cores
-from weaktr.cam.generate import generate_cams
+from weaktr.cam.generate import CamGenSettings, generate_cams
 from weaktr.config import load_config
 from weaktr.config.loading import packaged_configs
 from weaktr.engine.selection import CamSelection, Score
@@ -114,15 +114,6 @@ def test_gen_cam_reads_images_in_no_more_workers_than_cores(two_cores: None, tmp
     items = [(f"im{i}", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), [1]) for i in range(3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        n = generate_cams(
-            FakeCAM(),
-            items,
-            tmp_path,
-            [1.0],
-            MEAN,
-            STD,
-            CPU,
-            progress=False,
-            num_workers=cfg.cam_gen.num_workers,
-        )
+        settings = CamGenSettings((1.0,), num_workers=cfg.cam_gen.num_workers)
+        n = generate_cams(FakeCAM(), items, tmp_path, settings, CPU, progress=False)
     assert n == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["im0.npz", "im1.npz", "im2.npz"]

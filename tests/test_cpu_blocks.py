@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import replace
 
 import pytest
 import torch
@@ -17,8 +16,11 @@ from torch import nn
 
 import weaktr.evaluation.inference as inf
 from weaktr.models import cpu_blocks
-from weaktr.models.cpu_blocks import FusedBlock, fused_problem, is_plain_block
-from weaktr.models.segmenter import SegConfig, build_segmenter
+from weaktr.models.cpu_blocks import FusedBlock, StandIn, fused_problem, is_plain_block
+from weaktr.models.execution import ExecutionPolicy
+from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter
+
+CPU = torch.device("cpu")
 
 
 def needs_fused(dtype: torch.dtype) -> pytest.MarkDecorator:
@@ -83,37 +85,49 @@ def test_training_or_grad_falls_back_to_the_block() -> None:
     assert x.grad is not None
 
 
-def _model() -> nn.Module:
+def _model() -> Segmenter:
     torch.manual_seed(0)
     return build_segmenter(SegConfig(n_cls=5, image_size=32, embed_dim=64, depth=2, num_heads=2)).eval()
+
+
+def _policy(fused: bool = True, bf16: bool = False) -> ExecutionPolicy:
+    return ExecutionPolicy.seg_inference(CPU, bf16, fused)
+
+
+def _plain_blocks(model: Segmenter) -> list[nn.Module]:
+    return [getattr(b, "plain", b) for b in [*model.encoder.blocks, *model.decoder.blocks]]
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[nn.Module]:
     """The blocks whose fused forward runs from now on (the self-check's own block included)."""
     calls: list[nn.Module] = []
+    real = FusedBlock.forward
 
-    class Spy(FusedBlock):
-        def __call__(self, t: torch.Tensor) -> torch.Tensor:
-            calls.append(self.block)
-            return super().__call__(t)
+    def counting(self: FusedBlock, t: torch.Tensor) -> torch.Tensor:
+        if self._fast(t):
+            calls.append(self.plain)
+        return real(self, t)
 
-    monkeypatch.setattr(cpu_blocks, "FusedBlock", Spy)
+    monkeypatch.setattr(FusedBlock, "forward", counting)
     return calls
 
 
 @needs_fused(torch.float32)
-def test_cpu_inference_context_fuses_fp32_blocks_and_restores_them(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preparing_for_inference_fuses_fp32_blocks_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     x = torch.randn(2, 3, 40, 56)
+    keys = list(model.state_dict())
     with torch.no_grad():
         ref = model.forward_masks(x[:, :, :32, :32])
+    blocks = _plain_blocks(model)
     calls = _spy(monkeypatch)
+    model.prepare_inference(_policy())
     settings = inf.InferenceSettings(window=32, stride=16, window_batch=16)
-    (fused,) = inf.sliding_window_logits(model, x, settings)
-    blocks = [*model.encoder.blocks, *model.decoder.blocks]
+    with torch.no_grad():
+        (fused,) = inf.sliding_window_logits(model, x, settings)
     assert calls == blocks  # one batch of windows through every block
-    assert not any("forward" in vars(b) for b in blocks)
-    with torch.no_grad(), inf.inference_precision(model, settings, torch.device("cpu")):
+    assert list(model.state_dict()) == keys  # the stand-ins keep the blocks' state keys
+    with torch.no_grad():
         torch.testing.assert_close(model.forward_masks(x[:, :, :32, :32]), ref, atol=1e-5, rtol=1e-5)
     assert fused.shape == (2, 5, 40, 56)
 
@@ -170,33 +184,37 @@ def test_a_changed_op_falls_back_with_one_warning(
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", fake(torch.ops.mkldnn._linear_pointwise))
     calls = _spy(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="weaktr"):
+        model.prepare_inference(_policy())
         (first,) = inf.sliding_window_logits(model, x, settings)
         (again,) = inf.sliding_window_logits(model, x, settings)
-        with torch.no_grad(), inf.inference_precision(model, settings, torch.device("cpu")):
+        model.prepare_inference(_policy())
+        with torch.no_grad():
             out = model.forward_masks(x[:, :, :32, :32])
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "float32" in warnings[0] and reason in warnings[0]
     assert fused_problem(torch.float32) is not None
-    assert not [b for b in calls if b in [*model.encoder.blocks, *model.decoder.blocks]]
+    assert not [b for b in calls if b in _plain_blocks(model)]  # the self-check's block may be there
+    assert not any(isinstance(b, StandIn) for b in [*model.encoder.blocks, *model.decoder.blocks])
     torch.testing.assert_close(out, ref)  # the plain forward, exactly
     torch.testing.assert_close(first, again)
 
 
-def test_config_switch_and_environment_turn_the_fused_forward_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_switch_and_environment_turn_the_fused_forward_off(monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model()
     x = torch.randn(1, 3, 32, 32)
     on = inf.InferenceSettings(window=32, stride=16)
     fused_problem(torch.float32)  # the self-check (if any) before counting
     calls = _spy(monkeypatch)
-    blocks = [*model.encoder.blocks, *model.decoder.blocks]
-    inf.sliding_window_logits(model, x, replace(on, fused_cpu=False))
+    blocks = _plain_blocks(model)
+    inf.sliding_window_logits(model.prepare_inference(_policy(fused=False)), x, on)
     assert calls == []
     monkeypatch.setenv("WEAKTR_FUSED_CPU", "0")
-    assert fused_problem(torch.float32) == "WEAKTR_FUSED_CPU=0"
-    inf.sliding_window_logits(model, x, on)
+    assert not _policy().fused_cpu  # read once, into the policy
+    inf.sliding_window_logits(model.prepare_inference(_policy()), x, on)
     assert calls == []
     monkeypatch.setenv("WEAKTR_FUSED_CPU", "1")
-    inf.sliding_window_logits(model, x, on)
+    with torch.no_grad():
+        inf.sliding_window_logits(model.prepare_inference(_policy()), x, on)
     assert calls == (blocks if fused_problem(torch.float32) is None else [])
 
 
@@ -215,16 +233,19 @@ def test_a_bf16_only_failure_keeps_the_fp32_decoder_fused(
 
     model = _model()
     x = torch.randn(2, 3, 40, 56)
-    bf16 = inf.InferenceSettings(window=32, stride=16, window_batch=16, amp=True)
-    (plain,) = inf.sliding_window_logits(model, x, replace(bf16, fused_cpu=False))
+    settings = inf.InferenceSettings(window=32, stride=16, window_batch=16)
+    with torch.no_grad():
+        (plain,) = inf.sliding_window_logits(model.prepare_inference(_policy(False, True)), x, settings)
+    decoder = _plain_blocks(model)[len(model.encoder.blocks) :]
     monkeypatch.setattr(cpu_blocks, "_verdicts", {})
     monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", no_bf16)
     calls = _spy(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="weaktr"):
         fused_problem(torch.float32)
         calls.clear()  # the fp32 self-check's block
-        (out,) = inf.sliding_window_logits(model, x, bf16)
+        with torch.no_grad():
+            (out,) = inf.sliding_window_logits(model.prepare_inference(_policy(bf16=True)), x, settings)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "bfloat16" in warnings[0] and "avx512bw" in warnings[0]
-    assert calls == list(model.decoder.blocks)
+    assert [b for b in calls if b in _plain_blocks(model)] == decoder  # not the self-check's block
     torch.testing.assert_close(out, plain, atol=1e-4, rtol=1e-4)

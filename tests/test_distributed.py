@@ -64,8 +64,10 @@ def test_amp_rule_only_where_asked(tmp_path):
         cfg = RunConfig(amp_cpu=amp_cpu)
         return RunContext(cfg, tmp_path, None, D.DistInfo(0, 1, 0, torch.device(device), True))  # type: ignore[arg-type]
 
-    assert not ctx("cpu", False).amp(True) and ctx("cpu", True).amp(True) == cpu_bf16_native()
-    assert ctx("cuda", False).amp(True) and not ctx("cuda", True).amp(False)
+    # cam_gen.amp is on by default, predict.amp off
+    assert not ctx("cpu", False).execution.cam_gen.amp
+    assert ctx("cpu", True).execution.cam_gen.amp == cpu_bf16_native()
+    assert ctx("cuda", False).execution.cam_gen.amp and not ctx("cuda", True).execution.predict.amp
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,8 @@ def test_amp_cpu_needs_native_bf16(tmp_path, monkeypatch, caplog, avx512_bf16, a
             RunConfig(amp_cpu=True), tmp_path, None, D.DistInfo(0, 1, 0, torch.device("cpu"), True)
         )  # type: ignore[arg-type]
         with caplog.at_level("WARNING", logger="weaktr"):
-            assert ctx.amp(True) is native and ctx.amp(True) is native
+            ex = ctx.execution
+            assert ex.cam_gen.amp is native and ex.cam_train.amp is native
         warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]
         assert len(warnings) == (0 if native else 1)
     finally:

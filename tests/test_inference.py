@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -52,6 +53,9 @@ class Stub(nn.Module):
     def forward(self, x: torch.Tensor, return_layer1: bool = False) -> torch.Tensor | SegOutput:
         y = self.forward_masks(x, return_layer1)
         return SegOutput(*y) if return_layer1 else y[0]
+
+    def precision(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
         self.seen.append(tuple(x.shape))

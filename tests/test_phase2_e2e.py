@@ -11,14 +11,13 @@ import pytest
 import torch
 from conftest import TINY_CAM, TINY_SEG, add_splits, model_override
 
-from weaktr.cam.generate import generate_cams
+from weaktr.cam.generate import CamGenSettings, generate_cams
 from weaktr.cam.seeds import make_seeds
 from weaktr.config import load_config
 from weaktr.data.info import DatasetInfo
 from weaktr.data.palette import voc_palette
 from weaktr.data.voc import prepare_voc
 from weaktr.models.cam import CAMConfig, build_cam_model
-from weaktr.models.timm_factory import normalisation
 from weaktr.runtime.context import open_run
 from weaktr.stages.predict import predict_split
 from weaktr.stages.scoring import evaluate_stage
@@ -40,8 +39,7 @@ def _phase1_seeds(info: DatasetInfo, split: str, out: Path) -> Path:
     labels = info.labels()
     ids = info.ids(split)
     items = [(i, info.image_path(i), labels[i]) for i in ids]
-    mean, std = normalisation(cfg.backbone)
-    generate_cams(model, items, out / "cams", [1.0], mean, std, torch.device("cpu"), progress=False)
+    generate_cams(model, items, out / "cams", CamGenSettings((1.0,)), torch.device("cpu"), progress=False)
     make_seeds(out / "cams", ids, out / "seeds", 0.4, palette=voc_palette(), workers=1, progress=False)
     return out / "seeds"
 

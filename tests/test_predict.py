@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,8 @@ from weaktr.crf import CRFParams
 from weaktr.data.images import load_image
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
+from weaktr.models import cpu_blocks
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import SegConfig, build_segmenter, save_segmenter
 from weaktr.runtime.layout import nocrf_dir, probs_dir
 
@@ -153,38 +154,46 @@ def test_cpu_bf16_runs_only_the_encoder_blocks_in_bf16_and_restores_them(
     model = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 5})).eval()
     x = torch.randn(2, 3, 40, 56)
     fp32 = inf.InferenceSettings(window=32, stride=16, window_batch=16)
-    (ref,) = inf.sliding_window_logits(model, x, fp32)
+    keys = list(model.state_dict())
+    with torch.no_grad():
+        (ref,) = inf.sliding_window_logits(model, x, fp32)
     calls: list[torch.dtype] = []
-    original = inf._run_bf16
+    original = cpu_blocks.Bf16Block._low
 
-    def spy(module: torch.nn.Module, *args: torch.Tensor) -> torch.Tensor:
-        calls.append(next(getattr(module, "block", module).parameters()).dtype)
-        return original(module, *args)
+    def spy(block: cpu_blocks.Bf16Block) -> torch.nn.Module:
+        low = original(block)
+        calls.append(next(low.parameters()).dtype)
+        return low
 
-    monkeypatch.setattr(inf, "_run_bf16", spy)
-    (low,) = inf.sliding_window_logits(model, x, replace(fp32, amp=True))
+    monkeypatch.setattr(cpu_blocks.Bf16Block, "_low", spy)
+    model.prepare_inference(ExecutionPolicy.seg_inference(torch.device("cpu"), bf16=True))
+    with torch.no_grad():
+        (low,) = inf.sliding_window_logits(model, x, fp32)
     assert calls == [torch.bfloat16] * len(model.encoder.blocks)  # one batch of windows; decoder fp32
     assert low.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the bf16 weights are copies
+    assert list(model.state_dict()) == keys  # the stand-ins keep the blocks' state keys
     torch.testing.assert_close(low, ref, atol=0.1, rtol=0.05)
-    assert not any("forward" in vars(m) for m in model.modules())  # Block.forward is restored
 
 
 def test_cpu_bf16_copy_is_made_once_per_loop_and_runs_in_eval_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A caller entering inference_precision around its loop pays for one bf16 copy, and the copy does
-    not inherit the training mode (drop path) of a model evaluated mid-training."""
+    """A model prepared once pays for one bf16 copy of its weights, and the copy does not inherit the
+    training mode (drop path) of a model evaluated mid-training."""
     torch.manual_seed(0)
     model = build_segmenter(SegConfig(**{**TINY_SEG, "n_cls": 5, "depth": 2, "drop_path": 0.9}))
     x = torch.randn(3, 40, 56)
     model.eval()
-    bf16 = inf.InferenceSettings(window=32, stride=16, base_size=None, amp=True)
-    ref = inf.predict_logits(model, x, bf16)
+    settings = inf.InferenceSettings(window=32, stride=16, base_size=None)
+    model.prepare_inference(ExecutionPolicy.seg_inference(torch.device("cpu"), bf16=True))
+    ref = inf.predict_logits(model, x, settings)
     copies: list[object] = []
-    deepcopy = inf.copy.deepcopy
-    monkeypatch.setattr(inf.copy, "deepcopy", lambda obj: copies.append(obj) or deepcopy(obj))
+    deepcopy = cpu_blocks.copy.deepcopy
+    monkeypatch.setattr(cpu_blocks.copy, "deepcopy", lambda obj: copies.append(obj) or deepcopy(obj))
     model.train()
-    with inf.inference_precision(model, bf16, torch.device("cpu")):
-        outs = [inf.predict_logits(model, x, bf16) for _ in range(3)]
+    with torch.no_grad():  # the weights change, as an optimiser step changes them
+        for p in model.encoder.parameters():
+            p.add_(0.0)
+    outs = [inf.predict_logits(model, x, settings) for _ in range(3)]
     assert len(copies) == len(model.encoder.blocks)  # one copy per block for the whole loop
     assert model.training
     for out in outs:

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from weaktr.errors import InputError
+from weaktr.models.encoder import resample_pos_embed
 from weaktr.models.segmenter import (
     SegConfig,
     SegOutput,
@@ -19,7 +20,6 @@ from weaktr.models.segmenter import (
     convert_official_segmenter_state,
     load_segmenter,
     param_groups,
-    resize_pos_grid,
     save_segmenter,
 )
 
@@ -56,7 +56,7 @@ def test_padding_then_unpadding_equals_padded_forward() -> None:
 def test_pos_embed_resize_rule() -> None:
     torch.manual_seed(0)
     pos = torch.randn(1, 1 + 4 * 4, 8)
-    out = resize_pos_grid(pos, (4, 4), (3, 6), 1)
+    out = resample_pos_embed(pos, 1, (3, 6))
     assert out.shape == (1, 1 + 18, 8)
     assert torch.equal(out[:, :1], pos[:, :1])
     grid = pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
@@ -66,7 +66,7 @@ def test_pos_embed_resize_rule() -> None:
         .reshape(1, 18, 8)
     )
     torch.testing.assert_close(out[:, 1:], ref)
-    assert resize_pos_grid(pos, (4, 4), (4, 4), 1) is pos
+    assert resample_pos_embed(pos, 1, (4, 4)) is pos
 
 
 def test_encoder_uses_resized_pos_embed_at_other_sizes() -> None:
@@ -74,9 +74,9 @@ def test_encoder_uses_resized_pos_embed_at_other_sizes() -> None:
     enc = model.encoder
     x = torch.randn(1, 3, 48, 64)  # grid 3x4, trained grid 2x2
     with torch.no_grad():
-        tokens = model.encoder_tokens(x)
+        tokens = model.encoder(x)
         t = enc.patch_embed(x).reshape(1, 12, -1)
-        t = torch.cat([enc.cls_token, t], dim=1) + resize_pos_grid(enc.pos_embed, (2, 2), (3, 4), 1)
+        t = torch.cat([enc.cls_token, t], dim=1) + resample_pos_embed(enc.pos_embed, 1, (3, 4))
         for blk in enc.blocks:
             t = blk(t)
         ref = enc.norm(t)

@@ -17,6 +17,7 @@ from weaktr.data.demo import generate_demo
 from weaktr.errors import InputError
 from weaktr.io import load_checkpoint
 from weaktr.models.cam import CAMConfig, build_cam_model, load_cam_model
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.runtime.context import open_run
 from weaktr.stages.train_cam import train_cam
 
@@ -183,7 +184,8 @@ def test_amp_runs_the_backbone_in_bf16_and_the_cam_heads_in_float32() -> None:
         lambda _m, _a, out: seen.update(qkv=out.dtype)
     )
     exact = multiscale_cam(model, image, [1, 2], [1.0], mean, std, cpu)[0]
-    fast = multiscale_cam(model, image, [1, 2], [1.0], mean, std, cpu, amp=True)[0]
+    model.prepare_inference(ExecutionPolicy.cam_inference(cpu, bf16=True))
+    fast = multiscale_cam(model, image, [1, 2], [1.0], mean, std, cpu)[0]
     assert seen == {"head": torch.float32, "qkv": torch.bfloat16}
     # (A random tiny model's CAMs are too flat for a tight bf16 tolerance; the benchmark checks seeds.)
     assert fast.dtype == torch.float32 and fast.shape == exact.shape

@@ -35,10 +35,11 @@ from weaktr.data.folder import IMAGE_EXTS
 from weaktr.data.images import load_image
 from weaktr.data.palette import voc_palette
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
+from weaktr.evaluation.inference import InferenceSettings, predict_probs
 from weaktr.evaluation.onnx_backend import OrtSegmenter, load_seg_net
 from weaktr.io import save_label_png
 from weaktr.models.cam import CAMNet, load_cam_model
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import Segmenter
 from weaktr.models.timm_factory import normalise
 from weaktr.runtime.context import run_dataset
@@ -145,6 +146,7 @@ class WeakTr:
         device: str | torch.device = "auto",
         class_names: Sequence[str] | None = None,
         backend: str = "torch",
+        fused_cpu: bool = True,
         **settings: Any,
     ) -> WeakTr:
         """Load checkpoints written by ``weaktr run`` (or ``weaktr convert``); either may be left out.
@@ -152,11 +154,16 @@ class WeakTr:
         ``device`` is ``'auto'`` (CUDA when present), ``'cpu'``, ``'cuda'`` or a ``torch.device``.
         ``class_names`` (background first) name the label ids; ``settings`` are the inference
         keywords of :class:`WeakTr`. With ``backend="onnxruntime"`` the segmenter checkpoint is an
-        ONNX export (``weaktr export-model``), run by onnxruntime on the CPU.
+        ONNX export (``weaktr export-model``), run by onnxruntime on the CPU. The models run in
+        float32; ``fused_cpu`` lets the CPU use the self-checked fused ViT blocks.
         """
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-        seg = load_seg_net(seg_checkpoint, backend, dev) if seg_checkpoint is not None else None
-        cam = load_cam_model(cam_checkpoint, dev) if cam_checkpoint is not None else None
+        seg, cam = None, None
+        if seg_checkpoint is not None:
+            seg = load_seg_net(seg_checkpoint, backend, ExecutionPolicy.seg_inference(dev, False, fused_cpu))
+        if cam_checkpoint is not None:
+            policy = ExecutionPolicy.cam_inference(dev, False, fused_cpu)
+            cam = load_cam_model(cam_checkpoint, dev).prepare_inference(policy)
         return cls(seg, cam, dev, class_names, **settings)
 
     @classmethod
@@ -174,13 +181,14 @@ class WeakTr:
             raise InputError(f"no ONNX export of the segmenter: run 'weaktr export-model {run_dir}'", seg)
         if not seg.is_file() and not cam.is_file():
             raise InputError("no trained model in this run directory (seg/ and cam/ are empty)", run_dir)
-        names, settings = None, {}
+        names, settings, fused_cpu = None, {}, True
         if cfg is not None:
             try:
                 names = run_dataset(run_dir, cfg.data.dataset).class_names
             except InputError:
                 names = None  # the data set moved: fall back to numbered class names
             p = cfg.predict
+            fused_cpu = p.fused_cpu
             # scales and flip are chosen per call (predict's arguments); amp stays off as in load
             settings = dict(
                 settings=InferenceSettings.from_config(p),
@@ -188,7 +196,13 @@ class WeakTr:
                 crf_params=p.crf_params.set_values(),
             )
         return cls.load(
-            seg if seg.is_file() else None, cam if cam.is_file() else None, device, names, backend, **settings
+            seg if seg.is_file() else None,
+            cam if cam.is_file() else None,
+            device,
+            names,
+            backend,
+            fused_cpu,
+            **settings,
         )
 
     # ---- segmentation --------------------------------------------------------------------------
@@ -225,12 +239,10 @@ class WeakTr:
         if not paths:
             raise InputError(f"no images ({', '.join(IMAGE_EXTS)}) in the folder", folder)
         written = []
-        # entered once: on the CPU the fused blocks pack their weights here, not once per image
-        with inference_precision(self.segmenter, self.settings, self.device):
-            for path in progress(paths, desc="predict"):
-                out = out_dir / f"{path.stem}.png"
-                save_label_png(out, self.predict(path, scales, flip, crf).mask, voc_palette())
-                written.append(out)
+        for path in progress(paths, desc="predict"):
+            out = out_dir / f"{path.stem}.png"
+            save_label_png(out, self.predict(path, scales, flip, crf).mask, voc_palette())
+            written.append(out)
         return written
 
     # ---- phase 1: class scores and CAMs ----------------------------------------------------------

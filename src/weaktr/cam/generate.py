@@ -5,6 +5,10 @@ bilinear upsampling to the image's size (theirs: the first scale's, 1.0 in their
 masking, flip-back, a plain *sum* in dataset order, then per-class min–max with ε = 1e-8), because
 the seed threshold (0.43 / 0.42) was tuned on that normalisation. Unlike the authors' code, images
 of equal size are batched together, keeping one patch attention and one label vector per image.
+
+The generator calls the CAM network's public forward and picks maps from its output
+(:meth:`~weaktr.models.cam.CAMOutput.cam`); how the network computes (device, dtypes, the fused CPU
+blocks) is the policy it was prepared with (:meth:`~weaktr.models.cam.CAMNet.prepare_inference`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from weaktr.cores import cap_workers
 from weaktr.data.loader import ItemLoader
 from weaktr.errors import InputError
 from weaktr.io import save_cams
-from weaktr.models.backbone import BackboneOutput
 from weaktr.models.cam import CAMNet
 from weaktr.models.timm_factory import normalise
 from weaktr.pools import PerItem
@@ -92,24 +95,6 @@ def fuse_cams(
     return (total - lo) / (hi - lo + MINMAX_EPS), total
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The bare model behind a DDP wrapper, which holds ``config``."""
-    return getattr(model, "module", model)
-
-
-def select_cam(out: Any, kind: str, refine: bool) -> torch.Tensor:
-    """The (B, C, h, w) map of one forward that ``kind`` names (see :data:`CAM_KINDS`)."""
-    if kind == "default":
-        return out.fine_cam if refine else out.fused_cam
-    if kind == "coarse":
-        return F.relu(out.coarse_cam)
-    if kind == "fused":
-        return out.fused_cam
-    if kind == "refined":
-        return out.fine_cam
-    raise InputError(f"unknown CAM kind {kind!r}; choose one of {', '.join(CAM_KINDS)}")
-
-
 def label_vector(label_ids: Sequence[int], num_classes: int) -> torch.Tensor:
     """Multi-hot (C,) vector from foreground label ids 1..C (label id = class-token index + 1)."""
     vec = torch.zeros(num_classes, dtype=torch.float32)
@@ -147,44 +132,10 @@ def prepare_image(
     return PreparedImage(image_id, [int(i) for i in label_ids], inputs, (image.shape[0], image.shape[1]))
 
 
-def _float32_features(feats: BackboneOutput) -> BackboneOutput:
-    """Tokens and attention features in float32; the attention maps stay as computed (bf16).
-
-    AAF multiplies the maps by float32 weights, so their weighted sum runs in float32 without a
-    float32 copy of all K·H (T, T) maps.
-    """
-    return BackboneOutput(
-        feats.tokens.float(),
-        feats.attn,
-        [t.float() for t in feats.attn_out],
-        [t.float() for t in feats.head_out],
-        feats.grid,
-    )
-
-
-def _forward(model: torch.nn.Module, batch: torch.Tensor, amp: bool, fused_cpu: bool = True) -> Any:
-    """The model's outputs; with ``amp`` a CAMNet runs its backbone in bf16 but its heads in float32.
-
-    The fused and refined CAMs are sums over hundreds of patches whose per-class spread can be far
-    below their size, so rounding them to bf16 moves seed borders; float32 heads keep the seeds
-    close to float32's at about the same cost (the agreement of both ways: docs/benchmarks.md).
-    Other models run wholly under autocast. ``fused_cpu``: see
-    :meth:`~weaktr.models.backbone.ViTBackbone.forward`.
-    """
-    net = _unwrap(model)
-    if isinstance(net, CAMNet):  # the maps are consumed before the next batch: reuse their buffer
-        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
-            feats = net.backbone(batch, reuse_buffers=True, fused_cpu=fused_cpu)
-        return net.predict(_float32_features(feats) if amp else feats)
-    with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=amp):
-        return model(batch)
-
-
 def batch_cams(
-    model: torch.nn.Module,
+    model: CAMNet,
     images: Sequence[PreparedImage],
     device: torch.device,
-    amp: bool = False,
     kind: str = "default",
     flip: bool = True,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -194,21 +145,18 @@ def batch_cams(
     size) shares one forward; each keeps its own patch attention and label vector, since the model
     works per sample. Returns ``(cams, classes)`` per image, as :func:`multiscale_cam`.
     """
-    return [per_kind[kind] for per_kind in batch_cam_kinds(model, images, device, amp, (kind,), flip)]
+    return [per_kind[kind] for per_kind in batch_cam_kinds(model, images, device, (kind,), flip)]
 
 
 def batch_cam_kinds(
-    model: torch.nn.Module,
+    model: CAMNet,
     images: Sequence[PreparedImage],
     device: torch.device,
-    amp: bool = False,
     kinds: Sequence[str] = ("default",),
     flip: bool = True,
-    fused_cpu: bool = True,
 ) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """:func:`batch_cams` for several CAM kinds from the same forwards: per image, kind → result."""
-    config = _unwrap(model).config
-    labels = [label_vector(p.label_ids, config.num_classes) for p in images]
+    labels = [label_vector(p.label_ids, model.config.num_classes) for p in images]
     views = (False, True) if flip else (False,)
     groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for n, p in enumerate(images):
@@ -221,10 +169,10 @@ def batch_cam_kinds(
             batch = [
                 images[n].inputs[i].flip(-1) if v else images[n].inputs[i] for n, i in members for v in views
             ]
-            out = _forward(model, torch.stack(batch).to(device), amp, fused_cpu)
+            out = model(torch.stack(batch).to(device))
             keys = [(n, i, v) for n, i in members for v in views]
             for kind in kinds:
-                cam = select_cam(out, kind, config.refine).float()
+                cam = out.cam(kind).float()
                 maps.update(((kind, *k), c) for k, c in zip(keys, cam, strict=True))
         # Fusion stays in float32 even under AMP: the min–max step amplifies rounding (golden README).
         results: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = []
@@ -249,14 +197,13 @@ def batch_cam_kinds(
 
 
 def multiscale_cam(
-    model: torch.nn.Module,
+    model: CAMNet,
     image: np.ndarray,
     label_ids: Sequence[int],
     scales: Sequence[float],
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
-    amp: bool = False,
     kind: str = "default",
     flip: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +213,7 @@ def multiscale_cam(
     label ids of the K present classes (ascending). ``kind`` picks the fused map (:data:`CAM_KINDS`).
     """
     prepared = prepare_image("", image, label_ids, scales, mean, std)
-    return batch_cams(model, [prepared], device, amp, kind, flip)[0]
+    return batch_cams(model, [prepared], device, kind, flip)[0]
 
 
 def read_image_source(source: ImageSource) -> np.ndarray:
@@ -334,35 +281,41 @@ def _chunks(prepared: Iterable[PreparedImage], max_pixels: int) -> Iterator[list
         yield pending
 
 
+@dataclass(frozen=True)
+class CamGenSettings:
+    """What CAMs to make: the scales (each with its flip when ``flip``), the ``kind`` written to the
+    output folder (:data:`CAM_KINDS`), the input pixels batched together (``max_pixels``; 0 = one image
+    per batch; stages use :data:`DEFAULT_MAX_PIXELS`) and the DataLoader workers that read and resize
+    the images (at most one per usable core: :func:`weaktr.cores.cap_workers`)."""
+
+    scales: tuple[float, ...] = (1.0,)
+    kind: str = "default"
+    flip: bool = True
+    max_pixels: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+
 def generate_cams(
-    model: torch.nn.Module,
+    model: CAMNet,
     items: Sequence[tuple[str, ImageSource, Sequence[int]]],
     out_dir: str | Path,
-    scales: Sequence[float],
-    mean: Sequence[float],
-    std: Sequence[float],
+    settings: CamGenSettings,
     device: torch.device,
-    amp: bool = False,
-    rank: int = 0,
-    world: int = 1,
     progress: bool = True,
-    kind: str = "default",
-    flip: bool = True,
-    max_pixels: int = 0,
-    num_workers: int = 0,
     also: Mapping[str, str | Path] | None = None,
-    fused_cpu: bool = True,
 ) -> int:
-    """Write ``out_dir/<id>.npz`` for this rank's share of ``items``; returns how many were written.
+    """Write ``out_dir/<id>.npz`` for each of ``items`` (id, image, label ids); returns how many were written.
 
-    Existing outputs are skipped, so a killed job resumes where it stopped. Consecutive images are
-    batched while their scaled inputs hold at most ``max_pixels`` pixels, and inputs of equal size
-    then share a forward (0 = one image per batch; stages pass :data:`DEFAULT_MAX_PIXELS`).
-    ``num_workers`` > 0 reads and resizes the images in DataLoader worker processes (at most one per
-    usable core: :func:`weaktr.cores.cap_workers`). ``also`` maps
-    further CAM kinds to their folders, written from the same forwards. ``fused_cpu`` lets float32
-    CPU inference use the self-checked fused blocks (:meth:`~weaktr.models.backbone.ViTBackbone.forward`).
+    Existing outputs are skipped, so a killed job resumes where it stopped; a caller under torchrun
+    passes its rank's share. Consecutive images are batched while their scaled inputs hold at most
+    ``settings.max_pixels`` pixels, and inputs of equal size then share a forward. ``also`` maps
+    further CAM kinds to their folders, written from the same forwards. Images are normalised with
+    the network's own mean and std.
     """
+    kind = settings.kind
     if kind in (also or {}):
         raise ValueError(f"CAM kind {kind!r} is both the main output and in 'also'")
     dirs = {kind: Path(out_dir), **{k: Path(d) for k, d in (also or {}).items()}}
@@ -371,12 +324,12 @@ def generate_cams(
         raise InputError(f"unknown CAM kind {unknown[0]!r}; choose one of {', '.join(CAM_KINDS)}")
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    todo = [
-        it for it in list(items)[rank::world] if not all((d / f"{it[0]}.npz").exists() for d in dirs.values())
-    ]
-    jobs = [(str(i), src, list(lab), list(scales), list(mean), list(std)) for i, src, lab in todo]
+    todo = [it for it in items if not all((d / f"{it[0]}.npz").exists() for d in dirs.values())]
+    mean, std = model.config.normalisation
+    scales = list(settings.scales)
+    jobs = [(str(i), src, list(lab), scales, list(mean), list(std)) for i, src, lab in todo]
     prepared: Iterable[PreparedImage]
-    num_workers = cap_workers(num_workers, "cam_gen.num_workers")
+    num_workers = cap_workers(settings.num_workers, "cam_gen.num_workers")
     if num_workers > 0 and len(jobs) > 1:
         prepared = ItemLoader(
             _PrepareDataset(jobs), batch_size=None, num_workers=num_workers, collate_fn=_identity
@@ -385,9 +338,9 @@ def generate_cams(
         prepared = map(PerItem(_prepare_job, _job_item), jobs)
     model.eval()
     written = 0
-    with tqdm(total=len(jobs), desc="gen-cam", unit="img", disable=not progress or rank != 0) as bar:
-        for chunk in _chunks(prepared, max_pixels):
-            results = batch_cam_kinds(model, chunk, device, amp, tuple(dirs), flip, fused_cpu)
+    with tqdm(total=len(jobs), desc="gen-cam", unit="img", disable=not progress) as bar:
+        for chunk in _chunks(prepared, settings.max_pixels):
+            results = batch_cam_kinds(model, chunk, device, tuple(dirs), settings.flip)
             for p, per_kind in zip(chunk, results, strict=True):
                 for k, (cams, classes) in per_kind.items():
                     save_cams(dirs[k] / f"{p.image_id}.npz", cams.numpy(), classes.numpy())

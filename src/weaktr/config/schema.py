@@ -81,8 +81,8 @@ class CamGenConfig:
     flip: bool = True
     refine: bool | None = None  # patch-attention refinement; None = the model's own cam_model.refine
     amp: bool = True
-    # float32 on the CPU: the self-checked fused oneDNN linears of models/cpu_blocks.py (env
-    # WEAKTR_FUSED_CPU=0 turns them off too); bf16 runs torch's own ops either way
+    # float32 on the CPU: the self-checked fused oneDNN linears of models/cpu_blocks.py, read once into
+    # the run's execution policy (env WEAKTR_FUSED_CPU=0 turns them off too); bf16 runs torch's own ops
     fused_cpu: bool = True
     num_workers: int = 4  # DataLoader workers, at most one per usable core (weaktr.cores)
 
@@ -222,7 +222,7 @@ class RunConfig:
     run_dir: str = "runs/voc"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    amp_cpu: bool = False  # bf16 autocast also on CPUs with native bf16 (see RunContext.amp)
+    amp_cpu: bool = False  # bf16 autocast also on CPUs with native bf16 (see runtime.context.RunExecution)
     tensorboard: bool = True  # also write RUN_DIR/tb when tensorboard is installed (JSONL stays the record)
     data: DataConfig = field(default_factory=DataConfig)
     cam_train: CamTrainConfig = field(default_factory=CamTrainConfig)

@@ -214,7 +214,7 @@ class EpochTrainer(ABC, Generic[M]):
             return
         loss, it = losses[bad], first_iter + bad
         self.jlog.log(event="diverged", epoch=epoch + 1, iter_of_epoch=it, loss=loss)
-        amp = f" or turn off {self.section}.amp" if self.ctx.amp(self.cfg.amp) else ""
+        amp = f" or turn off {self.section}.amp" if getattr(self.ctx.execution, self.section).amp else ""
         raise InputError(
             f"training diverged: the loss is {loss} at iteration {it} of epoch {epoch + 1}; "
             f"lower {self.section}.lr{amp}",

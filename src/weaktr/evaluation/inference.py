@@ -4,21 +4,20 @@ The authors' order matters for parity: window outputs are averaged on the *logit
 to the image size and flipped back, and only then soft-maxed; the probabilities of all scale/flip
 variants are averaged; the final score is ``w·P1 + P2`` where P1 comes from decoder block 1 (golden O7).
 Each window runs the encoder once for both outputs, and a scale's windows (with its flipped copy) are
-batched through the model in chunks. On the CPU the ViT blocks run fused oneDNN kernels; ``amp`` means
-bf16 autocast on CUDA and, on the CPU, bf16 in the encoder's transformer blocks only (:func:`_cpu_blocks`).
-Every setting travels in one :class:`InferenceSettings`, made from the config by
-:meth:`InferenceSettings.from_config`. The network is anything with the :class:`SegNet` attributes:
-a PyTorch :class:`~weaktr.models.segmenter.Segmenter`, or an onnxruntime session standing in for one
-(:class:`~weaktr.evaluation.onnx_backend.OrtSegmenter`); the precision contexts apply to the former.
+batched through the model in chunks. Every setting travels in one :class:`InferenceSettings`, made from
+the config by :meth:`InferenceSettings.from_config`. How the network computes (device, dtypes, the fused
+CPU blocks) is its own execution policy, given to it once where it was loaded
+(:meth:`~weaktr.models.segmenter.Segmenter.prepare_inference`); these functions only enter the autocast
+it asks for (``precision``). The network is anything with the :class:`SegNet` attributes: a PyTorch
+:class:`~weaktr.models.segmenter.Segmenter`, or an onnxruntime session standing in for one
+(:class:`~weaktr.evaluation.onnx_backend.OrtSegmenter`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,7 +27,6 @@ from torch import nn
 
 from weaktr.config import PredictConfig
 from weaktr.errors import InputError
-from weaktr.models.cpu_blocks import fuse
 from weaktr.models.timm_factory import normalise
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -40,9 +38,7 @@ class InferenceSettings:
 
     ``scales`` are ratios of ``base_size``, the short side at ratio 1 (None keeps the image's own
     size); ``window``/``stride`` the sliding window; ``window_batch`` windows go through the model
-    at once; ``ensemble_weight`` weighs the decoder-layer-1 output (0 or None: P2 alone); ``amp``
-    runs bf16 and ``fused_cpu`` lets the CPU use the self-checked fused ViT blocks (see
-    :func:`inference_precision`).
+    at once; ``ensemble_weight`` weighs the decoder-layer-1 output (0 or None: P2 alone).
     """
 
     scales: tuple[float, ...] = MS_RATIOS
@@ -52,8 +48,6 @@ class InferenceSettings:
     base_size: int | None = 520
     window_batch: int = PredictConfig.window_batch  # the one default: the API's is the run's
     ensemble_weight: float | None = 0.8
-    amp: bool = False
-    fused_cpu: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", tuple(float(r) for r in self.scales))
@@ -72,9 +66,9 @@ class InferenceSettings:
             raise InputError(f"inference settings: {'; '.join(bad)}")
 
     @classmethod
-    def from_config(cls, p: PredictConfig, amp: bool = False) -> InferenceSettings:
-        """The settings of a config's ``predict`` section; ``amp`` is the caller's resolved AMP choice
-        (``RunContext.amp``), as the evaluation during training takes it from ``seg_train``."""
+    def from_config(cls, p: PredictConfig) -> InferenceSettings:
+        """The settings of a config's ``predict`` section (its ``amp`` and ``fused_cpu`` go into the
+        run's execution policy instead)."""
         return cls(
             scales=tuple(p.scales),
             flip=p.flip,
@@ -83,8 +77,6 @@ class InferenceSettings:
             base_size=p.base_size,
             window_batch=p.window_batch,
             ensemble_weight=p.ensemble_weight,
-            amp=amp,
-            fused_cpu=p.fused_cpu,
         )
 
 
@@ -100,6 +92,10 @@ class SegNet(Protocol):
 
     def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
         """(B, 3, H, W) normalised windows -> [final] or [final, layer-1] masks on the patch grid."""
+        ...
+
+    def precision(self) -> AbstractContextManager[Any]:
+        """The autocast the network's inference runs in (entered around a whole image or loop)."""
         ...
 
 
@@ -161,66 +157,6 @@ def _eval_mode(model: nn.Module | SegNet) -> Iterator[None]:
         model.train(was_training)
 
 
-@contextmanager
-def _cpu_blocks(model: nn.Module, bf16: bool, fused: bool) -> Iterator[None]:
-    """CPU inference kernels: fused oneDNN ViT blocks (:mod:`weaktr.models.cpu_blocks`), bf16 encoder.
-
-    With ``bf16`` each encoder block's forward is routed to a bf16 copy of it (weights cast once per
-    context), taking and returning fp32 so the patch embedding, the final norm and the decoder stay
-    fp32. Whole blocks beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
-    LayerNorm); the decoder stays fp32 because its class scores spread by ~1e-2 before its LayerNorm,
-    where bf16 rounding flips pixels (the agreement with fp32 of each part in bf16: docs/benchmarks.md,
-    "Notes on the 6-scale inference"). With ``fused``, plain blocks of a dtype whose fused forward
-    passed its self-check run it (:func:`~weaktr.models.cpu_blocks.fuse`); the others their own.
-    Re-entering while active changes nothing.
-    """
-    enc = list(getattr(getattr(model, "encoder", model), "blocks", []))
-    dec = list(getattr(getattr(model, "decoder", None), "blocks", []))
-    if any("forward" in vars(b) for b in enc + dec):
-        yield
-        return
-    for block in enc:
-        if bf16:
-            # eval mode: the copy is inference-only, even when entered around a model still in training
-            low = copy.deepcopy(block).to(torch.bfloat16).eval()
-            block.forward = partial(_run_bf16, fuse(low, fused) or low)
-        elif (fast := fuse(block, fused)) is not None:
-            block.forward = fast
-    for block in dec:
-        if (fast := fuse(block, fused)) is not None:
-            block.forward = fast
-    try:
-        yield
-    finally:
-        for block in enc + dec:
-            vars(block).pop("forward", None)
-
-
-def _run_bf16(module: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
-    """Call ``module`` (already bf16) with its floating tensor arguments cast to bf16; fp32 out."""
-
-    def cast(v: Any) -> Any:
-        return v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-
-    return module(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()}).float()
-
-
-def inference_precision(
-    model: nn.Module | SegNet, settings: InferenceSettings, device: torch.device
-) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA with ``settings.amp``; on the CPU the fused blocks of :func:`_cpu_blocks`
-    (bf16 encoder with amp). Nothing for a network that is not a PyTorch module.
-
-    The inference functions enter it themselves; a caller looping over many images enters it once
-    around the loop, so the CPU's bf16 copy of the blocks is made once, not per image.
-    """
-    if not isinstance(model, nn.Module):
-        return nullcontext()
-    if device.type == "cpu":
-        return _cpu_blocks(model, bf16=settings.amp, fused=settings.fused_cpu)
-    return torch.autocast(device.type, dtype=torch.bfloat16) if settings.amp else nullcontext()
-
-
 def resize_matrix(out_size: int, in_size: int, device: torch.device | None = None) -> torch.Tensor:
     """(out, in) matrix M with ``M @ v`` = PyTorch's 1-D bilinear resize of v (align_corners False).
 
@@ -273,7 +209,7 @@ def sliding_window_logits(
     cols = _axis_maps(W, out_w, window, stride, grid, patch, x.device)
     jobs = [(n, a, b) for n in range(N) for a in rows for b in cols]
     tiles: list[list[torch.Tensor]] = []  # per output, each job's (C, grid, grid) masks in job order
-    with inference_precision(model, settings, x.device):
+    with model.precision():
         for i in range(0, len(jobs), window_batch):
             chunk = jobs[i : i + window_batch]
             crops = torch.stack([x[n, :, a : a + window, b : b + window] for n, a, b in chunk])
@@ -329,7 +265,7 @@ def multiscale_probs(
     H, W = x.shape[-2:]
     sums: list[torch.Tensor] = []
     n_variants = 0
-    with _eval_mode(model), inference_precision(model, settings, device):
+    with _eval_mode(model), model.precision():
         for ratio in settings.scales:
             batch = _variant_inputs(x, ratio, settings.base_size, settings.window, settings.flip)
             outs = sliding_window_logits(model, batch, settings, layer1, (H, W))
@@ -369,12 +305,12 @@ def predict_logits(
 ) -> torch.Tensor:
     """Single-scale, no-flip window-averaged logits (n_cls, H, W) at image size: the per-epoch evaluation.
 
-    Only the window, stride, base size, window batch and amp of ``settings`` apply.
+    Only the window, stride, base size and window batch of ``settings`` apply.
     """
     device = device or _device_of(model)
     x = to_input(image, model.mean, model.std, device)
     H, W = x.shape[-2:]
-    with _eval_mode(model), inference_precision(model, settings, device):
+    with _eval_mode(model), model.precision():
         batch = _variant_inputs(x, 1.0, settings.base_size, settings.window, flip=False)
         (logits,) = sliding_window_logits(model, batch, settings, False, (H, W))
     return logits[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from weaktr import extras
 from weaktr.choices import BACKENDS
 from weaktr.errors import InputError
 from weaktr.io import atomic_write
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import SegConfig, Segmenter, load_segmenter
 
 OUTPUTS = ("masks", "masks_layer1")
@@ -155,11 +157,16 @@ class OrtSegmenter:
         feed = {"images": x.detach().to("cpu", torch.float32).contiguous().numpy()}
         return [torch.from_numpy(m).to(x.device) for m in self.session.run(names, feed)]
 
+    def precision(self) -> AbstractContextManager[Any]:
+        """Nothing: onnxruntime runs the export's float32 graph."""
+        return nullcontext()
 
-def load_seg_net(path: str | Path, backend: str, device: torch.device) -> Segmenter | OrtSegmenter:
-    """The segmenter of ``path`` for ``backend``: a checkpoint for torch, an ONNX export for onnxruntime."""
+
+def load_seg_net(path: str | Path, backend: str, policy: ExecutionPolicy) -> Segmenter | OrtSegmenter:
+    """The segmenter of ``path`` for ``backend``: a checkpoint for torch, prepared for inference under
+    ``policy``, or an ONNX export for onnxruntime (CPU, float32)."""
     if backend == "torch":
-        return load_segmenter(path, device)
+        return load_segmenter(path, policy.device).prepare_inference(policy)
     if backend == "onnxruntime":
         return OrtSegmenter(path)
     raise InputError(f"unknown inference backend {backend!r} (choose from {', '.join(BACKENDS)})")

@@ -20,10 +20,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from weaktr.choices import CAM_KINDS
 from weaktr.errors import InputError
 from weaktr.io import load_checkpoint, save_checkpoint
 from weaktr.models.aaf import AAF, FEATURES, FUSIONS, POOLS
-from weaktr.models.backbone import BackboneOutput, ViTBackbone
+from weaktr.models.backbone import ViTBackbone
+from weaktr.models.cpu_blocks import prepare_blocks
+from weaktr.models.encoder import BackboneOutput, arch_overrides
+from weaktr.models.execution import FP32, ExecutionPolicy
 from weaktr.models.timm_factory import normalisation
 
 CHECKPOINT_TYPE = "weaktr-cam"
@@ -81,11 +85,6 @@ class CAMConfig:
         """The (mean, std) of every input image: the backbone's, so training, CAMs, views and API agree."""
         return normalisation(self.backbone)
 
-    def timm_overrides(self) -> dict[str, int]:
-        """The architecture overrides that are set, as timm keyword arguments."""
-        names = ("patch_size", "embed_dim", "depth", "num_heads")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-
 
 @dataclass
 class CAMOutput:
@@ -100,6 +99,20 @@ class CAMOutput:
     fine_cam: torch.Tensor  # (B, C, h, w) PA · fused_cam
     patch_attn: torch.Tensor  # (B, N, N) fused patch attention PA, one per image
     aaf_weights: torch.Tensor  # (B, K·H)
+    refine: bool = True  # the network's own CAM is the refined fine CAM (else the fused CAM)
+
+    def cam(self, kind: str = "default") -> torch.Tensor:
+        """The (B, C, h, w) map that ``kind`` names (:data:`weaktr.choices.CAM_KINDS`): 'default' the
+        network's own, 'coarse' ReLU(coarse CAM), 'fused' CA ⊙ ReLU(coarse), 'refined' PA · fused."""
+        if kind == "default":
+            return self.fine_cam if self.refine else self.fused_cam
+        if kind == "coarse":
+            return F.relu(self.coarse_cam)
+        if kind == "fused":
+            return self.fused_cam
+        if kind == "refined":
+            return self.fine_cam
+        raise InputError(f"unknown CAM kind {kind!r}; choose one of {', '.join(CAM_KINDS)}")
 
 
 class CAMNet(nn.Module):
@@ -116,7 +129,7 @@ class CAMNet(nn.Module):
             config.stem,
             config.drop_path,
             setting,
-            **config.timm_overrides(),
+            **arch_overrides(config),
         )
         b = self.backbone
         self.head = nn.Conv2d(b.embed_dim, config.num_classes, kernel_size=3, padding=1)
@@ -130,9 +143,31 @@ class CAMNet(nn.Module):
             config.aaf_feat_reduction,
             config.fusion,
         )
+        self.execution: ExecutionPolicy | None = None  # set by prepare_inference; not state
+
+    def prepare_inference(self, policy: ExecutionPolicy) -> CAMNet:
+        """Run inference under ``policy`` from now on: its dtypes, and the fused CPU blocks where it
+        allows them and their self-check passed. Training is untouched (it runs the blocks themselves);
+        calling again with another policy switches. Returns the network."""
+        self.execution = policy
+        prepare_blocks(self.backbone.vit.blocks, policy.fused)
+        self.backbone.vit.keep_maps = True  # the heads consume the maps before the next forward
+        return self
 
     def forward(self, x: torch.Tensor) -> CAMOutput:
-        return self.predict(self.backbone(x))
+        """(B, 3, H, W) -> all maps and logits. Under a policy (:meth:`prepare_inference`), inference
+        runs the backbone in its dtype and the heads in theirs: with a bf16 backbone, float32 heads
+        keep the fused and refined CAMs, sums over hundreds of patches whose per-class spread can be
+        far below their size, from moving seed borders (docs/benchmarks.md)."""
+        policy = self.execution
+        if policy is None or torch.is_grad_enabled():
+            return self.predict(self.backbone(x))
+        with policy.autocast(policy.backbone_dtype):
+            feats = self.backbone(x)
+        if policy.head_dtype == FP32 and policy.backbone_dtype != FP32:
+            feats = feats.float()
+        with policy.autocast(policy.head_dtype):
+            return self.predict(feats)
 
     def predict(self, feats: BackboneOutput) -> CAMOutput:
         """The heads on top of backbone outputs (split from forward so tests can inspect ``feats``)."""
@@ -163,6 +198,7 @@ class CAMNet(nn.Module):
             fine_cam,
             patch_attn,
             fusion.weights,
+            self.config.refine,
         )
 
 

@@ -3,12 +3,15 @@
 Numerics follow the authors' Segmenter fork (spec §2.1–2.2, golden O7/O10): LayerNorm eps 1e-5
 everywhere, exact GELU, final encoder norm applied, bilinear (align_corners False) position-embedding
 resize on the patch grid, no /√D in the mask product (a paper option), and an optional second output
-from decoder block 1 that the authors' test-time ensemble uses.
+from decoder block 1 that the authors' test-time ensemble uses. The encoder is the one the CAM network
+uses too (:class:`~weaktr.models.encoder.ViTEncoder`); :meth:`Segmenter.prepare_inference` hands the
+network its :class:`~weaktr.models.execution.ExecutionPolicy` once.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -23,7 +26,10 @@ from torch import nn
 
 from weaktr.errors import InputError
 from weaktr.io import load_checkpoint, save_checkpoint
-from weaktr.models.timm_factory import create_backbone, normalisation
+from weaktr.models.cpu_blocks import prepare_blocks
+from weaktr.models.encoder import ViTEncoder, arch_overrides, build_vit, resample_pos_embed
+from weaktr.models.execution import BF16, FP32, ExecutionPolicy
+from weaktr.models.timm_factory import normalisation
 
 LN_EPS = 1e-5
 SUPPORTED_BACKBONES = (
@@ -75,20 +81,6 @@ class SegOutput(NamedTuple):
 
     logits: torch.Tensor
     logits_layer1: torch.Tensor
-
-
-def resize_pos_grid(
-    pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], n_prefix: int
-) -> torch.Tensor:
-    """Bilinearly resize the patch grid of a (1, n_prefix + h*w, D) embedding; prefix slots kept."""
-    if tuple(old) == tuple(new):
-        return pos
-    prefix, grid = pos[:, :n_prefix], pos[:, n_prefix:]
-    D = grid.shape[-1]
-    grid = grid.reshape(1, old[0], old[1], D).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid.float(), size=new, mode="bilinear", align_corners=False).to(pos.dtype)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, new[0] * new[1], D)
-    return torch.cat([prefix, grid], dim=1)
 
 
 class MaskDecoder(nn.Module):
@@ -172,50 +164,40 @@ def _init_linear_ln(m: nn.Module) -> None:
 class Segmenter(nn.Module):
     """Encoder (timm ViT / EVA) + mask decoder; any input size (zero-padded to the patch, unpadded after)."""
 
-    def __init__(self, cfg: SegConfig, encoder: nn.Module) -> None:
+    def __init__(self, cfg: SegConfig, encoder: ViTEncoder) -> None:
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
         self.patch_size = int(encoder.patch_embed.patch_size[0])
-        self.pos_grid = (cfg.image_size // self.patch_size,) * 2
         self.n_cls = cfg.n_cls
-        d = int(encoder.embed_dim)
+        d = encoder.embed_dim
         self.decoder = MaskDecoder(
             d, d, cfg.n_cls, cfg.decoder_layers, cfg.decoder_dropout, cfg.scale_by_sqrt_d
         )
         self.mean, self.std = cfg.normalisation
+        self.execution: ExecutionPolicy | None = None  # set by prepare_inference; not state
 
-    @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.encoder.num_prefix_tokens)
+    def prepare_inference(self, policy: ExecutionPolicy) -> Segmenter:
+        """Run inference under ``policy`` from now on; returns the network.
 
-    def encoder_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) with H, W multiples of the patch -> (B, prefix + h*w, D) after the final norm."""
-        enc = self.encoder
-        t = enc.patch_embed(x)  # NHWC: the encoder is built with dynamic_img_size
-        B, h, w, D = t.shape
-        t = t.reshape(B, h * w, D)
-        prefix = [
-            tok.expand(t.shape[0], -1, -1)
-            for tok in (enc.cls_token, getattr(enc, "reg_token", None))
-            if tok is not None
-        ]
-        pos = enc.pos_embed
-        if pos is not None:
-            n_pre = 0 if enc.no_embed_class else self.num_prefix_tokens
-            pos = resize_pos_grid(pos, self.pos_grid, (h, w), n_pre)
-            if enc.no_embed_class:
-                t = torch.cat([*prefix, t + pos], dim=1)
-            else:
-                t = torch.cat([*prefix, t], dim=1) + pos
-        else:
-            t = torch.cat([*prefix, t], dim=1)
-        t = enc.norm_pre(enc.pos_drop(t))
-        rope = enc.rope.get_embed(shape=(h, w)) if getattr(enc, "rope", None) is not None else None
-        for blk in enc.blocks:
-            t = blk(t) if rope is None else blk(t, rope=rope)
-        final_norm = enc.norm if not isinstance(enc.norm, nn.Identity) else getattr(enc, "fc_norm", enc.norm)
-        return final_norm(t)
+        A bf16 backbone with float32 heads runs each encoder block in a bf16 copy (fused where
+        allowed) between a float32 patch embedding and final norm, and a float32 decoder, whose class
+        scores spread by ~1e-2 before its LayerNorm, where bf16 rounding flips pixels (the agreement of
+        each part in bf16: docs/benchmarks.md, "Notes on the 6-scale inference"). bf16 heads mean the
+        whole inference under autocast (:meth:`precision`). Float32 blocks run fused where the policy
+        allows it and their self-check passed. Training is untouched; calling again switches.
+        """
+        self.execution = policy
+        bf16_blocks = policy.backbone_dtype == BF16 and policy.head_dtype == FP32
+        prepare_blocks(self.encoder.blocks, policy.fused, bf16=bf16_blocks)
+        prepare_blocks(self.decoder.blocks, policy.fused)
+        return self
+
+    def precision(self) -> AbstractContextManager[Any]:
+        """The autocast inference runs in: bf16 throughout for a policy with bf16 heads; inference
+        functions enter it around their whole loop, as the policy's float32 parts are outside it."""
+        policy = self.execution or ExecutionPolicy(next(self.parameters()).device)
+        return policy.autocast(policy.head_dtype)
 
     def forward_masks(self, x: torch.Tensor, return_layer1: bool = False) -> list[torch.Tensor]:
         """(B, 3, H0, W0) -> [final] or [final, layer-1] masks on the patch grid of the padded input.
@@ -227,7 +209,7 @@ class Segmenter(nn.Module):
         p = self.patch_size
         x = F.pad(x, (0, (-W0) % p, 0, (-H0) % p))
         H, W = x.shape[-2:]
-        tokens = self.encoder_tokens(x)[:, self.num_prefix_tokens :]
+        tokens = self.encoder(x)[:, self.encoder.num_prefix_tokens :]
         return self.decoder(tokens, (H // p, W // p), return_layer1)
 
     def forward(self, x: torch.Tensor, return_layer1: bool = False) -> torch.Tensor | SegOutput:
@@ -248,42 +230,27 @@ def build_segmenter(cfg: SegConfig, pretrained: str | None = None, setting: str 
     grid with the authors' bilinear rule (their loader does the same for DeiT's 14×14 -> 30×30).
     """
     kw: dict[str, Any] = dict(
-        num_classes=0,
         drop_rate=cfg.dropout,
         drop_path_rate=cfg.drop_path,
-        dynamic_img_size=True,
         norm_layer=partial(nn.LayerNorm, eps=LN_EPS),
     )
-    for key, val in (
-        ("patch_size", cfg.patch_size),
-        ("embed_dim", cfg.embed_dim),
-        ("depth", cfg.depth),
-        ("num_heads", cfg.num_heads),
-    ):
-        if val is not None:
-            kw[key] = val
     # A conv-stem file (``weaktr pretrain``) was trained at its own small grid, not timm's 224 px one:
     # built at the crop size, it loads unresampled when the grids agree and is resampled once otherwise.
     if pretrained is None or cfg.stem == "conv":
         kw["img_size"] = cfg.image_size
-    encoder = create_backbone(cfg.backbone, pretrained, cfg.stem, setting, **kw)
-    if not hasattr(encoder, "blocks") or not hasattr(encoder, "patch_embed"):
+    vit = build_vit(cfg.backbone, pretrained, cfg.stem, setting, arch_overrides(cfg), **kw)
+    if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
         raise InputError(
             f"backbone {cfg.backbone!r} is not a plain ViT/EVA (supported: {SUPPORTED_BACKBONES})"
         )
-    p = int(encoder.patch_embed.patch_size[0])
-    new_grid = (cfg.image_size // p,) * 2
-    old_grid = tuple(encoder.patch_embed.grid_size)
-    if old_grid != new_grid and encoder.pos_embed is not None:
-        n_pre = 0 if encoder.no_embed_class else int(encoder.num_prefix_tokens)
+    p = int(vit.patch_embed.patch_size[0])
+    grid = (cfg.image_size // p,) * 2
+    if tuple(vit.patch_embed.grid_size) != grid and vit.pos_embed is not None:
+        n_pre = 0 if vit.no_embed_class else int(vit.num_prefix_tokens)
         with torch.no_grad():
-            encoder.pos_embed = nn.Parameter(
-                resize_pos_grid(encoder.pos_embed.data, old_grid, new_grid, n_pre)
-            )
-        encoder.patch_embed.img_size = (cfg.image_size,) * 2
-        encoder.patch_embed.grid_size = new_grid
-        encoder.patch_embed.num_patches = new_grid[0] * new_grid[1]
-    return Segmenter(cfg, encoder)
+            vit.pos_embed = nn.Parameter(resample_pos_embed(vit.pos_embed.data, n_pre, grid))
+        vit.patch_embed.set_input_size(img_size=cfg.image_size)
+    return Segmenter(cfg, ViTEncoder(vit, pos_rule="bilinear"))
 
 
 def param_groups(model: Segmenter, lr: float, encoder_lr_scale: float = 0.1) -> list[dict[str, Any]]:

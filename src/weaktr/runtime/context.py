@@ -2,8 +2,9 @@
 
 :func:`open_run` is the one door into a run: it joins torchrun when launched by it, sets threads,
 gets the data set (checked before anything is written, unless ``prepare`` checked it), starts
-``log.txt`` and saves the merged config beside the outputs, so that a stage run alone
-(``weaktr gen-cam``) does exactly what it does inside ``weaktr run``.
+``log.txt``, resolves how each use of a model executes (:class:`RunExecution`) and saves the merged
+config beside the outputs, so that a stage run alone (``weaktr gen-cam``) does exactly what it does
+inside ``weaktr run``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from weaktr.data.demo import generate_demo
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
 from weaktr.io import sweep_temporaries, write_json
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.runtime.distributed import DistInfo, barrier, init_distributed
 from weaktr.runtime.layout import RunLayout
 from weaktr.runtime.logging import setup_logging
@@ -44,6 +46,33 @@ def cpu_bf16_native() -> bool:
 def _warn_emulated_bf16() -> None:
     """Said once per process: amp_cpu asked for bf16 that this CPU would only emulate."""
     log.warning("amp_cpu: this CPU has no native bf16 (AVX512-BF16 or AMX), so the CPU runs float32")
+
+
+@dataclass(frozen=True)
+class RunExecution:
+    """The execution policy of each use of a model in a run: the one place where the config's
+    ``amp``, ``amp_cpu`` and ``fused_cpu`` keys (and ``WEAKTR_FUSED_CPU``) are read."""
+
+    cam_train: ExecutionPolicy
+    cam_gen: ExecutionPolicy
+    seg_train: ExecutionPolicy
+    seg_eval: ExecutionPolicy  # the per-epoch evaluation: seg_train's precision, predict's fast path
+    predict: ExecutionPolicy
+
+    @classmethod
+    def resolve(cls, cfg: RunConfig, device: torch.device) -> RunExecution:
+        """Each section's AMP request through :func:`amp_enabled`, with its ``fused_cpu`` switch."""
+
+        def bf16(requested: bool) -> bool:
+            return amp_enabled(device, requested, cfg.amp_cpu)
+
+        return cls(
+            cam_train=ExecutionPolicy.training(device, bf16(cfg.cam_train.amp)),
+            cam_gen=ExecutionPolicy.cam_inference(device, bf16(cfg.cam_gen.amp), cfg.cam_gen.fused_cpu),
+            seg_train=ExecutionPolicy.training(device, bf16(cfg.seg_train.amp)),
+            seg_eval=ExecutionPolicy.seg_inference(device, bf16(cfg.seg_train.amp), cfg.predict.fused_cpu),
+            predict=ExecutionPolicy.seg_inference(device, bf16(cfg.predict.amp), cfg.predict.fused_cpu),
+        )
 
 
 @dataclass
@@ -73,9 +102,10 @@ class RunContext:
                     sweep_temporaries(folder)
         barrier()
 
-    def amp(self, requested: bool) -> bool:
-        """The one AMP rule (:func:`amp_enabled`) with this run's device and ``amp_cpu``."""
-        return amp_enabled(self.device, requested, self.cfg.amp_cpu)
+    @functools.cached_property
+    def execution(self) -> RunExecution:
+        """How each use of a model runs in this run, resolved once (:meth:`RunExecution.resolve`)."""
+        return RunExecution.resolve(self.cfg, self.device)
 
 
 def amp_enabled(device: torch.device, requested: bool, amp_cpu: bool) -> bool:
@@ -195,4 +225,6 @@ def open_run(cfg: RunConfig, save: bool = True) -> RunContext:
         torch.distributed.barrier()
         dataset = dataset or resolve_dataset(cfg, run_dir)
     assert dataset is not None
-    return RunContext(cfg=cfg, run_dir=run_dir, dataset=dataset, dist=dist)
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, dataset=dataset, dist=dist)
+    log.debug("execution: %s", ctx.execution)  # resolved here, once: its warnings precede any stage
+    return ctx

@@ -8,14 +8,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from weaktr.cam.generate import CAM_KINDS, DEFAULT_MAX_PIXELS, generate_cams
+from weaktr.cam.generate import CAM_KINDS, DEFAULT_MAX_PIXELS, CamGenSettings, generate_cams
 from weaktr.data.info import DatasetInfo
 from weaktr.errors import InputError
-from weaktr.models.cam import load_cam_model
+from weaktr.models.cam import CAMNet, load_cam_model
 from weaktr.runtime.context import RunContext
-from weaktr.runtime.distributed import barrier
+from weaktr.runtime.distributed import barrier, shard
 
 log = logging.getLogger("weaktr")
 
@@ -35,11 +34,6 @@ def cam_items(
     return [(i, info.image_path(i), labels[i]) for i in ids]
 
 
-def cam_amp(ctx: RunContext) -> bool:
-    """bf16 for CAM generation: on CUDA when cam_gen.amp, on the CPU only with amp_cpu as well."""
-    return ctx.amp(ctx.cfg.cam_gen.amp)
-
-
 def resolve_kind(ctx: RunContext, kind: str) -> str:
     """'default' follows cam_gen.refine when it is set, else the model's own refine flag."""
     if kind not in CAM_KINDS:
@@ -52,7 +46,7 @@ def resolve_kind(ctx: RunContext, kind: str) -> str:
 
 def write_split_cams(
     ctx: RunContext,
-    model: Any,
+    model: CAMNet,
     split: str,
     out_dir: Path,
     scales: Sequence[float],
@@ -61,27 +55,25 @@ def write_split_cams(
     also: Mapping[str, Path] | None = None,
     ids: Sequence[str] | None = None,
 ) -> Path:
-    """CAMs of ``split`` (or of its images ``ids``) with an already loaded model, sharded over ranks;
-    all ranks return together. ``also`` maps further CAM kinds to folders, written from the same forwards."""
-    mean, std = model.config.normalisation
+    """CAMs of ``split`` (or of its images ``ids``) with an already loaded model, prepared here for the
+    run's CAM generation policy and sharded over ranks; all ranks return together. ``also`` maps further
+    CAM kinds to folders, written from the same forwards."""
+    g = ctx.cfg.cam_gen
+    settings = CamGenSettings(
+        tuple(scales),
+        resolve_kind(ctx, kind),
+        g.flip,
+        DEFAULT_MAX_PIXELS * (4 if ctx.device.type == "cuda" else 1),
+        g.num_workers,
+    )
     generate_cams(
-        model,
-        cam_items(ctx.dataset, split, ids),
+        model.prepare_inference(ctx.execution.cam_gen),
+        shard(cam_items(ctx.dataset, split, ids), ctx.dist.rank, ctx.dist.world),
         out_dir,
-        scales,
-        mean,
-        std,
+        settings,
         ctx.device,
-        amp=cam_amp(ctx),
-        rank=ctx.dist.rank,
-        world=ctx.dist.world,
-        progress=progress,
-        kind=resolve_kind(ctx, kind),
-        flip=ctx.cfg.cam_gen.flip,
-        max_pixels=DEFAULT_MAX_PIXELS * (4 if ctx.device.type == "cuda" else 1),
-        num_workers=ctx.cfg.cam_gen.num_workers,
+        progress=progress and ctx.dist.is_main,
         also={resolve_kind(ctx, k): d for k, d in (also or {}).items()},
-        fused_cpu=ctx.cfg.cam_gen.fused_cpu,
     )
     barrier()
     return out_dir

@@ -26,7 +26,7 @@ from weaktr.cores import cap_workers, usable_cores
 from weaktr.crf import CRFParams, softmax_crf
 from weaktr.data.images import load_image
 from weaktr.data.palette import voc_palette
-from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_probs
+from weaktr.evaluation.inference import InferenceSettings, predict_probs
 from weaktr.evaluation.onnx_backend import load_seg_net
 from weaktr.io import save_label_png, write_probs
 from weaktr.pools import PerItem, process_pool
@@ -98,7 +98,7 @@ def predict_split(
     out_dir = Path(out_dir)
     nocrf, probs = nocrf_dir(out_dir), probs_dir(out_dir)
     ctx.clear_temporaries(out_dir, nocrf, probs)
-    model = load_seg_net(model_path, backend, ctx.device)
+    model = load_seg_net(model_path, backend, ctx.execution.predict)
     info.check_model_classes(model.n_cls, cam=False, checkpoint=model_path)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
     todo = [
@@ -108,7 +108,7 @@ def predict_split(
     ]
     palette = voc_palette() if info.palette == "voc" else None
     params = CRFParams.build("softmax", p.crf_preset, p.crf_params.set_values()) if crf else None
-    settings = InferenceSettings.from_config(p, amp=ctx.amp(p.amp))
+    settings = InferenceSettings.from_config(p)
     total_weight = 1.0 + (settings.ensemble_weight or 0.0)
     share = ctx.dist.world  # the ranks share the node's cores; 0 = all of this rank's share
     workers = cap_workers(p.workers or usable_cores(share), "predict.workers", share)
@@ -117,22 +117,21 @@ def predict_split(
     out_dir.mkdir(parents=True, exist_ok=True)
     queue = _CRFQueue(workers if crf else 0)
     try:
-        with inference_precision(model, settings, ctx.device):  # one bf16 copy for the split
-            for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
-                image = load_image(info.image_path(image_id))
-                score = predict_probs(model, image, settings, ctx.device)
-                pred = score.argmax(0)
-                keys = torch.unique(pred)
-                present = score[keys].cpu().numpy()
-                keys_np = keys.cpu().numpy()
-                if save_probs:
-                    write_probs(probs / f"{image_id}.npz", present / total_weight, keys_np)
-                labels = pred.cpu().numpy().astype(np.uint8)
-                if params is None:
-                    save_label_png(out_dir / f"{image_id}.png", labels, palette)
-                    continue
-                save_label_png(nocrf / f"{image_id}.png", labels, palette)
-                queue.submit((image, present, keys_np, params, out_dir / f"{image_id}.png", palette))
+        for image_id in progress(todo, desc=f"predict {split}", enabled=ctx.dist.is_main):
+            image = load_image(info.image_path(image_id))
+            score = predict_probs(model, image, settings, ctx.device)
+            pred = score.argmax(0)
+            keys = torch.unique(pred)
+            present = score[keys].cpu().numpy()
+            keys_np = keys.cpu().numpy()
+            if save_probs:
+                write_probs(probs / f"{image_id}.npz", present / total_weight, keys_np)
+            labels = pred.cpu().numpy().astype(np.uint8)
+            if params is None:
+                save_label_png(out_dir / f"{image_id}.png", labels, palette)
+                continue
+            save_label_png(nocrf / f"{image_id}.png", labels, palette)
+            queue.submit((image, present, keys_np, params, out_dir / f"{image_id}.png", palette))
     finally:
         queue.close()
     barrier()

@@ -29,6 +29,7 @@ from weaktr.engine.selection import CamSelection, Score
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles, RunSettings
 from weaktr.evaluation.metrics import sweep_thresholds
 from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import all_reduce_sum, barrier, broadcast_value
 from weaktr.runtime.logging import progress
@@ -64,13 +65,12 @@ def train_step(
     images: torch.Tensor,
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
-    amp: bool = False,
+    policy: ExecutionPolicy,
 ) -> dict[str, torch.Tensor]:
-    """One AdamW step (forward in bf16 when ``amp``, losses in float32); returns the detached losses.
-
-    Public so that benchmarks time exactly the training code path.
+    """One AdamW step (forward in the training ``policy``'s dtype, losses in float32); returns the
+    detached losses. Public so that benchmarks time exactly the training code path.
     """
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+    with policy.autocast(policy.backbone_dtype):
         out = model(images)
     losses = cam_loss(_float_logits(out), targets)
     optimizer.zero_grad(set_to_none=True)
@@ -153,7 +153,7 @@ class CamTrainer(EpochTrainer[CAMNet]):
         for it, (images, targets) in enumerate(bar):
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            losses = train_step(ddp, images, targets, self.optimizer, self.ctx.amp(tc.amp))
+            losses = train_step(ddp, images, targets, self.optimizer, self.ctx.execution.cam_train)
             step_losses = torch.stack([losses[k] for k in LOSS_KEYS])
             totals += step_losses
             window += step_losses
@@ -188,8 +188,9 @@ class CamTrainer(EpochTrainer[CAMNet]):
         )
 
     def images(self, epoch: int, record: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Each fixed train image beside the scale-1.0+flip CAMs of its first three classes."""
-        ctx, model = self.ctx, self.model
+        """Each fixed train image beside the scale-1.0+flip CAMs of its first three classes, made as
+        the run's CAM generation makes them."""
+        ctx, model = self.ctx, self.model.prepare_inference(self.ctx.execution.cam_gen)
         mean, std = model.config.normalisation
         kind = resolve_kind(ctx, "default")
         rows = []

@@ -33,7 +33,7 @@ from weaktr.engine.optim import build_sgd, poly_lr, set_lr
 from weaktr.engine.selection import Score, SegSelection
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles, RunSettings
 from weaktr.errors import InputError
-from weaktr.evaluation.inference import InferenceSettings, inference_precision, predict_logits
+from weaktr.evaluation.inference import InferenceSettings, predict_logits
 from weaktr.evaluation.metrics import ConfusionMatrix
 from weaktr.losses import IGNORE_INDEX, GCMode, GCStats, gradient_clipping_loss
 from weaktr.models.segmenter import SegConfig, Segmenter, build_segmenter, param_groups, save_segmenter
@@ -124,8 +124,8 @@ class _Meter:
 
 
 def _settings(ctx: RunContext) -> InferenceSettings:
-    """The predict section's window settings at the training precision (single scale, no flip)."""
-    return InferenceSettings.from_config(ctx.cfg.predict, amp=ctx.amp(ctx.cfg.seg_train.amp))
+    """The predict section's window settings (used at a single scale, without flips)."""
+    return InferenceSettings.from_config(ctx.cfg.predict)
 
 
 def _predict(ctx: RunContext, model: Segmenter, image: np.ndarray) -> torch.Tensor:
@@ -134,14 +134,15 @@ def _predict(ctx: RunContext, model: Segmenter, image: np.ndarray) -> torch.Tens
 
 
 def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[str, Any]:
-    """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced)."""
+    """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced), at
+    the training precision with the prediction's fast path (the run's ``seg_eval`` policy)."""
     info = ctx.dataset
     cm = ConfusionMatrix(info.num_classes)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
-    with inference_precision(model, _settings(ctx), ctx.device):  # one bf16 copy for the split
-        for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
-            image = load_image(info.image_path(image_id))
-            cm.update(_predict(ctx, model, image), load_label_map(info.mask_path(image_id), image.shape[:2]))
+    model.prepare_inference(ctx.execution.seg_eval)
+    for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
+        image = load_image(info.image_path(image_id))
+        cm.update(_predict(ctx, model, image), load_label_map(info.mask_path(image_id), image.shape[:2]))
     cm.all_reduce()
     return cm.scores()
 
@@ -200,6 +201,7 @@ class SegTrainer(EpochTrainer[Segmenter]):
             st.weight_decay,
         )
         self.gc_mode = GC_MODES[st.gc.mode]
+        self.policy = ctx.execution.seg_train
 
     def train_epoch(self, epoch: int, loader: DataLoader, ddp: torch.nn.Module) -> dict[str, Any]:
         """One pass with the per-iteration poly lr; logs every ``log_every`` iterations, returns the means."""
@@ -215,7 +217,7 @@ class SegTrainer(EpochTrainer[Segmenter]):
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
             target, gt = (masks[:, 0], masks[:, 1]) if with_gt else (masks, None)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.ctx.amp(st.amp)):
+            with self.policy.autocast(self.policy.backbone_dtype):
                 logits = ddp(images)
             loss, stats = gradient_clipping_loss(logits.float(), target, st.gc.tau, st.gc.cell, self.gc_mode)
             value = float(loss.detach())
