@@ -143,3 +143,25 @@ def test_command_output_loads_into_both_networks(tmp_path, capsys):
     seg = build_segmenter(SegConfig.from_dict(cfg.seg_model), cfg.seg_train.pretrained).state_dict()
     for key in ("blocks.0.attn.qkv.weight", "pos_embed", "norm.weight", "patch_embed.convs.0.weight"):
         assert torch.equal(seg[f"encoder.{key}"], state[key].float()), key
+
+
+def test_mean_patch_pooling_reads_every_patch_token():
+    """``--pool avg``: the head reads the mean patch token, so every patch token gets the loss."""
+    from weaktr.errors import InputError
+    from weaktr.stages.pretrain import build_classifier
+
+    small = dict(embed_dim=32, depth=1, num_heads=2)
+    token = build_classifier(PretrainSettings(**small), 5).eval()
+    avg = build_classifier(PretrainSettings(**small, pool="avg"), 5).eval()
+    avg.load_state_dict(token.state_dict())  # the same weights: only the pooling differs
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        tokens = token.forward_features(x)
+        assert torch.allclose(token(x), token.head(tokens[:, 0]))
+        assert torch.allclose(avg(x), avg.head(tokens[:, 1:].mean(1)), atol=1e-6)
+    with pytest.raises(InputError, match="pool must be one of token, avg"):
+        PretrainSettings(pool="max")
+    parser = argparse.ArgumentParser(prog="weaktr")
+    pretrain_command.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["pretrain", "--pool", "avg", "--out", "v.safetensors"])
+    assert pretrain_command.command_line(args) == "weaktr pretrain --out v.safetensors --pool avg"

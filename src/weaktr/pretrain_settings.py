@@ -11,12 +11,15 @@ from typing import Any
 
 from weaktr.errors import InputError
 
+POOLS = ("token", "avg")
+
 
 @dataclass
 class PretrainSettings:
     """The architecture, data and recipe of one pretraining run (all of it lands in the file's metadata)."""
 
     backbone: str = "vit_small_patch16_224"  # the timm layout (and normalisation); sizes below override it
+    pool: str = "token"  # timm's global_pool of the classifier head: "token" (DeiT) or "avg"
     stem: str = "conv"
     img_size: int = 96
     patch_size: int = 8
@@ -44,6 +47,8 @@ class PretrainSettings:
                 f"pretrain needs n_train >= batch_size, n_val >= 0 and epochs >= 1 "
                 f"(got {self.n_train}, {self.n_val}, {self.epochs})"
             )
+        if self.pool not in POOLS:
+            raise InputError(f"pool must be one of {', '.join(POOLS)}, not {self.pool!r}")
         if self.embed_dim % self.num_heads:
             raise InputError(f"embed_dim {self.embed_dim} is not a multiple of num_heads {self.num_heads}")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from weaktr.pretrain_settings import PretrainSettings
+from weaktr.pretrain_settings import POOLS, PretrainSettings
 
 _SIZE_FLAGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
 _RECIPE_FLAGS = ("epochs", "batch_size", "n_train", "n_val", "seed", "data_seed", "max_steps")
@@ -30,7 +30,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The command as parsed, flags in a fixed order: the same run is named the same however it was
     typed (or called from Python), so the file's bytes depend on the settings alone."""
     words = ["weaktr", "pretrain", "--out", str(args.out)]
-    for name in ("backbone", *_SIZE_FLAGS, *_RECIPE_FLAGS, "lr"):
+    for name in ("backbone", "pool", *_SIZE_FLAGS, *_RECIPE_FLAGS, "lr"):
         if getattr(args, name) is not None:
             words += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.no_amp:
@@ -47,7 +47,7 @@ def execute(args: argparse.Namespace) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    values = {k: getattr(args, k) for k in (*_SIZE_FLAGS, *_RECIPE_FLAGS, "backbone", "lr")}
+    values = {k: getattr(args, k) for k in (*_SIZE_FLAGS, *_RECIPE_FLAGS, "backbone", "pool", "lr")}
     settings = PretrainSettings(**{k: v for k, v in values.items() if v is not None})
     command = command_line(args)
     amp = amp_enabled(device, not args.no_amp, amp_cpu=True)
@@ -74,6 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         flag = "--" + name.replace("_", "-")
         what = _HELP.get(name, name.replace("_", " "))
         p.add_argument(flag, type=int, metavar="N", help=f"{what} (default: {getattr(d, name)})")
+    p.add_argument(
+        "--pool",
+        choices=POOLS,
+        help=f"what the head reads: the class token (DeiT) or the mean patch token (default: {d.pool})",
+    )
     p.add_argument("--lr", type=float, help=f"AdamW peak learning rate (default: {d.lr})")
     p.add_argument("--workers", type=int, default=2, help="processes rendering the data (default: 2)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")

@@ -60,7 +60,8 @@ class PretrainResult:
 
 
 def build_classifier(s: PretrainSettings, num_classes: int) -> nn.Module:
-    """The timm ViT of the demo's layout with a class-token classification head (DeiT's pooling).
+    """The timm ViT of the demo's layout with a classification head on its class token (DeiT's pooling)
+    or on the mean of its patch tokens (``pool``).
 
     The same block options as the CAM network's backbone (qkv bias, eps 1e-6 LayerNorm, exact GELU).
     """
@@ -69,7 +70,8 @@ def build_classifier(s: PretrainSettings, num_classes: int) -> nn.Module:
         None,
         s.stem,
         num_classes=num_classes,
-        global_pool="token",
+        global_pool=s.pool,
+        fc_norm=False,  # the final norm stays ``norm.*`` for either pool, the key both networks load
         img_size=s.img_size,
         patch_size=s.patch_size,
         embed_dim=s.embed_dim,
