@@ -171,7 +171,7 @@ def test_the_config_switches_become_the_run_policies(on: bool, tmp_path: Path) -
     CAM generation stage prepares its network under its policy."""
     import weaktr.stages.gen_cam as gen_cam_stage
 
-    generate_demo(tmp_path / "data", n_train=2, n_val=1, size=32, n_classes=3, seed=0)
+    generate_demo(tmp_path / "data", n_train=2, n_val=1, size=32, num_classes=3, seed=0)
     flag = str(on).lower()
     cfg = load_config(
         "demo",

@@ -27,7 +27,7 @@ from weaktr.stages.seeds import seeds_stage
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """A run directory whose CAM model was trained by ``weaktr train-cam``, and the config arguments."""
     root = tmp_path_factory.mktemp("phase1")
-    generate_demo(root / "data", n_train=12, n_val=4, size=48, n_classes=3, seed=1)
+    generate_demo(root / "data", n_train=12, n_val=4, size=48, num_classes=3, seed=1)
     args = [
         "--config",
         "demo",

@@ -44,7 +44,7 @@ def test_prepare_voc_on_coco_mini(coco_mini, tmp_path, capsys) -> None:
         str(tmp_path / "voc" / "dataset.yaml"),
         "voc: train 270, val 167 images; 20 classes; with ground-truth masks",
     ]
-    assert DatasetInfo.load(tmp_path / "voc").num_classes == 21
+    assert DatasetInfo.load(tmp_path / "voc").n_cls == 21
 
 
 def test_prepare_coco_names_splits_from_the_files(coco_mini, tmp_path, capsys) -> None:

@@ -160,7 +160,7 @@ def test_open_run_checks_an_unprepared_data_set_once(tmp_path: Path, monkeypatch
     open_run(cfg)
     assert calls == [8]
     stamp = json.loads((tmp_path / "run" / "data_check.json").read_text())
-    assert stamp["fingerprint"] == check.fingerprint(check.dataset_items(info), info.num_classes)
+    assert stamp["fingerprint"] == check.fingerprint(check.dataset_items(info), info.n_cls)
 
 
 def test_a_command_on_an_unchecked_bad_data_set_fails_before_writing(tmp_path: Path, capsys) -> None:

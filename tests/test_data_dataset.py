@@ -65,7 +65,7 @@ def test_yaml_round_trip_and_relative_root(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub/dataset.yaml").write_text(text)
     assert DatasetInfo.load(tmp_path / "sub/dataset.yaml").root == (tmp_path / "sub").resolve()
-    assert (info.num_classes, info.num_fg) == (3, 2)
+    assert (info.n_cls, info.num_classes) == (3, 2)
 
 
 def test_the_class_count_check_of_both_networks() -> None:
@@ -115,7 +115,7 @@ def test_ids_errors_name_the_problem(coco_mini, tmp_path):
 
 def test_labels_from_masks_equal_mask_ids(coco_mini):
     ids = _first_ids(coco_mini, 15)
-    labels = labels_from_masks(coco_mini / "SegmentationClass", ids, num_classes=21)
+    labels = labels_from_masks(coco_mini / "SegmentationClass", ids, n_cls=21)
     assert list(labels) == ids
     for i in ids:
         arr = np.asarray(Image.open(coco_mini / "SegmentationClass" / f"{i}.png"))

@@ -13,7 +13,7 @@ from weaktr.data.demo import MARKER, generate_demo, render_scene
 from weaktr.data.images import load_image, load_label_map
 from weaktr.errors import InputError
 
-SMALL = {"n_train": 10, "n_val": 4, "size": 48, "n_classes": 6}
+SMALL = {"n_train": 10, "n_val": 4, "size": 48, "num_classes": 6}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -39,7 +39,7 @@ def test_labels_equal_mask_ids_and_layout(tmp_path):
     labels = info.labels()
     for i in info.ids("train") + info.ids("val"):
         img = load_image(info.image_path(i))
-        mask = load_label_map(info.mask_path(i), img.shape[:2], info.num_classes)
+        mask = load_label_map(info.mask_path(i), img.shape[:2], info.n_cls)
         assert img.shape == (48, 48, 3)
         assert labels[i] == sorted(set(np.unique(mask).tolist()) - {0})
         assert 1 <= len(labels[i]) <= 3
@@ -57,19 +57,19 @@ def test_skips_complete_data_set_and_redoes_other_settings(tmp_path):
 
 def test_scene_statistics():
     """Over many scenes: 1-3 objects, classes roughly balanced, no tiny remnants, sensible background."""
-    n_classes, size = 6, 48
+    num_classes, size = 6, 48
     counts: Counter[int] = Counter()
     bg = []
     for index in range(240):
-        img, mask = render_scene(7, index, size, n_classes)
+        img, mask = render_scene(7, index, size, num_classes)
         assert img.dtype == np.uint8 and mask.dtype == np.uint8
         ids, pix = np.unique(mask, return_counts=True)
         fg = ids[ids > 0]
-        assert 1 <= len(fg) <= 3 and fg.max() <= n_classes
+        assert 1 <= len(fg) <= 3 and fg.max() <= num_classes
         assert pix[ids > 0].min() >= 0.01 * size * size
         counts.update(fg.tolist())
         bg.append(pix[0] / mask.size if ids[0] == 0 else 0.0)
-    per_class = np.array([counts[k] for k in range(1, n_classes + 1)])
+    per_class = np.array([counts[k] for k in range(1, num_classes + 1)])
     assert per_class.min() > 0.6 * per_class.mean() and per_class.max() < 1.4 * per_class.mean()
     assert 0.5 < np.mean(bg) < 0.9
 
@@ -95,4 +95,4 @@ def test_background_shares_the_object_colours():
 
 def test_bad_settings_are_rejected(tmp_path):
     with pytest.raises(InputError, match="n_classes"):
-        generate_demo(tmp_path, n_classes=20)
+        generate_demo(tmp_path, num_classes=20)

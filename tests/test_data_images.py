@@ -79,7 +79,7 @@ def test_label_map_palette_reads_indices(tmp_path):
     img = Image.fromarray(idx, "P")
     img.putpalette([1] * 768)
     img.save(tmp_path / "m.png")
-    np.testing.assert_array_equal(load_label_map(tmp_path / "m.png", (1, 3), num_classes=4), idx)
+    np.testing.assert_array_equal(load_label_map(tmp_path / "m.png", (1, 3), n_cls=4), idx)
 
 
 def test_label_map_size_mismatch_names_both_sizes(tmp_path):
@@ -91,7 +91,7 @@ def test_label_map_size_mismatch_names_both_sizes(tmp_path):
 def test_label_map_out_of_range_ids_are_named(tmp_path):
     Image.fromarray(np.array([[0, 21, 40, 255]], np.uint8), "L").save(tmp_path / "m.png")
     with pytest.raises(InputError, match=r"\[21, 40\]"):
-        load_label_map(tmp_path / "m.png", num_classes=21)
+        load_label_map(tmp_path / "m.png", n_cls=21)
 
 
 def test_label_map_rejects_rgb(tmp_path):

@@ -99,7 +99,7 @@ def test_prepare_coco_masks_agree_with_annotations(coco_mini, tmp_path):
     path, data = _coco_subset(coco_mini, tmp_path)
     info = prepare_coco(path, coco_mini / "JPEGImages", tmp_path / "out")
     assert set(info.splits) == {"val"}  # split name from the file name
-    assert info.num_classes == 91 and info.class_names[12] == "unused_12" and info.class_names[1] == "person"
+    assert info.n_cls == 91 and info.class_names[12] == "unused_12" and info.class_names[1] == "person"
     labels = info.labels()
     ids = info.ids("val")
     assert len(ids) == len(data["images"]) == len(labels)
@@ -110,7 +110,7 @@ def test_prepare_coco_masks_agree_with_annotations(coco_mini, tmp_path):
         stem = Path(im["file_name"]).stem
         anns = by_image[im["id"]]
         assert labels[stem] == sorted({a["category_id"] for a in anns if not a["iscrowd"]})
-        mask = load_label_map(info.mask_path(stem), (im["height"], im["width"]), info.num_classes)
+        mask = load_label_map(info.mask_path(stem), (im["height"], im["width"]), info.n_cls)
         assert _mask_ids(info.mask_path(stem)) == labels[stem]
         if any(a["iscrowd"] for a in anns):
             assert (mask == 255).any()

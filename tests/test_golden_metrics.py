@@ -22,13 +22,13 @@ def golden() -> tuple[dict[str, torch.Tensor], dict]:
     return load_golden("metrics")
 
 
-def _num_classes(t: dict[str, torch.Tensor]) -> int:
+def _n_cls(t: dict[str, torch.Tensor]) -> int:
     return t["count.pred"].shape[0]
 
 
 def _matrix(golden) -> ConfusionMatrix:
     t, js = golden
-    cm = ConfusionMatrix(_num_classes(t))
+    cm = ConfusionMatrix(_n_cls(t))
     for i in range(js["num_images"]):
         cm.update(t[f"pred.{i}"].numpy(), t[f"gt.{i}"].numpy())
     return cm
@@ -55,7 +55,7 @@ def test_counts_and_per_class_scores(golden) -> None:
 def test_official_percent_dict(golden) -> None:
     t, js = golden
     official = js["official_loglist_percent"]
-    names = list(official)[: _num_classes(t)]
+    names = list(official)[: _n_cls(t)]
     ours = official_percent(_matrix(golden).scores(), names)
     assert list(ours) == list(official)
     _assert_nan_close(list(ours.values()), list(official.values()), 1e-4)
@@ -65,7 +65,7 @@ def test_official_percent_dict(golden) -> None:
 def test_the_scoring_stage_reads_pngs(golden, tmp_path) -> None:
     t, js = golden
     ids = [f"img{i}" for i in range(js["num_images"])]
-    ctx = scoring_context(tmp_path, [f"class{k}" for k in range(_num_classes(t))], ids)
+    ctx = scoring_context(tmp_path, [f"class{k}" for k in range(_n_cls(t))], ids)
     for i, name in enumerate(ids):
         save_label_png(tmp_path / "pred" / f"{name}.png", t[f"pred.{i}"].numpy())
         save_label_png(tmp_path / "gt" / f"{name}.png", t[f"gt.{i}"].numpy())

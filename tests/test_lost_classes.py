@@ -20,7 +20,7 @@ def write_maps(folder: Path, maps: dict[str, np.ndarray]) -> None:
 
 def test_class_pixels_counts_ids_and_skips_ignore(tmp_path: Path):
     a = np.array([[0, 1], [2, 255]])
-    b = np.array([[1, 1], [3, 7]])  # 7 lies outside num_classes = 4
+    b = np.array([[1, 1], [3, 7]])  # 7 lies outside n_cls = 4
     write_maps(tmp_path, {"a": a, "b": b})
     assert class_pixels(tmp_path, ["a", "b"], 4).tolist() == [1, 3, 1, 1]
     assert class_pixels(tmp_path, ["a"], 4).tolist() == [1, 1, 1, 0]

@@ -81,7 +81,7 @@ def test_sweep_removes_only_temporaries_under_its_root(tmp_path: Path) -> None:
 @pytest.fixture
 def seeds_run(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
     """A generated data set, a run folder with a CAM file per train image, and make-seeds' arguments."""
-    info = generate_demo(tmp_path / "data", n_train=10, n_val=2, size=48, n_classes=3, seed=0)
+    info = generate_demo(tmp_path / "data", n_train=10, n_val=2, size=48, num_classes=3, seed=0)
     run = tmp_path / "run"
     ids = info.ids("train")
     rng = np.random.default_rng(0)

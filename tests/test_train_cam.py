@@ -39,7 +39,7 @@ TINY_MODEL = model_override("cam_model", TRAIN_CAM)
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 train + 4 val generated images of 48 px with 3 classes (shared by the tests of this module)."""
     root = tmp_path_factory.mktemp("demo")
-    generate_demo(root, n_train=16, n_val=4, size=48, n_classes=3, seed=0)
+    generate_demo(root, n_train=16, n_val=4, size=48, num_classes=3, seed=0)
     return root / "dataset.yaml"
 
 

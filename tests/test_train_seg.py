@@ -59,7 +59,7 @@ def tiny_overrides(dataset: Path, run_dir: Path) -> list[str]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
     """16 train + 4 val images of 48 px with 3 foreground classes."""
     root = tmp_path_factory.mktemp("demo")
-    return generate_demo(root, n_train=16, n_val=4, size=48, n_classes=3, seed=0)
+    return generate_demo(root, n_train=16, n_val=4, size=48, num_classes=3, seed=0)
 
 
 def tiny_ctx(demo: DatasetInfo, run_dir: Path, *extra: str) -> RunContext:

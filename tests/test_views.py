@@ -23,17 +23,17 @@ from weaktr.stages.views import views_stage
 CPU = DistInfo(0, 1, 0, torch.device("cpu"), True)
 
 
-def _context(run_dir: Path, n_classes: int = 3, *overrides: str) -> RunContext:
+def _context(run_dir: Path, num_classes: int = 3, *overrides: str) -> RunContext:
     cfg = load_config(
         "demo",
-        [f"run_dir={run_dir}", f"cam_model.num_classes={n_classes}", "report.n_examples=3", *overrides],
+        [f"run_dir={run_dir}", f"cam_model.num_classes={num_classes}", "report.n_examples=3", *overrides],
     )
     info = generate_demo(run_dir / "data", 7, 2, 48, 3, 0)
     torch.manual_seed(0)
     model = build_cam_model(
         CAMConfig(
             backbone="vit_small_patch16_224",
-            num_classes=n_classes,
+            num_classes=num_classes,
             img_size=48,
             stem="conv",
             patch_size=8,

@@ -222,10 +222,10 @@ import sys
 import weaktr.data.demo as demo
 real = demo.render_scene
 
-def render_scene(seed, index, size, n_classes):
+def render_scene(seed, index, size, num_classes):
     if index == 3:
         raise ValueError("{bug}")
-    return real(seed, index, size, n_classes)
+    return real(seed, index, size, num_classes)
 
 demo.render_scene = render_scene  # the fork pool's workers inherit it
 from weaktr.cli import main
@@ -253,10 +253,10 @@ def test_weaktr_debug_prints_the_workers_traceback(
 ) -> None:
     real = weaktr.data.demo.render_scene
 
-    def render_scene(seed: int, index: int, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    def render_scene(seed: int, index: int, size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
         if index == 3:
             raise ValueError(BUG)
-        return real(seed, index, size, n_classes)
+        return real(seed, index, size, num_classes)
 
     monkeypatch.setattr(weaktr.data.demo, "render_scene", render_scene)
     monkeypatch.setenv("WEAKTR_DEBUG", "1")

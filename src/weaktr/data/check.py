@@ -39,7 +39,7 @@ class FileCheck:
 
 def _check_one(job: tuple[FileCheck, int]) -> tuple[InputError | None, bool]:
     """(the problem or None, whether EXIF asks for a rotation). Module-level so it pickles."""
-    item, num_classes = job
+    item, n_cls = job
     try:
         hw = load_image(item.image).shape[:2]
         if item.hw is not None and hw != item.hw:
@@ -48,7 +48,7 @@ def _check_one(job: tuple[FileCheck, int]) -> tuple[InputError | None, bool]:
                 item.image,
             )
         if item.mask is not None:
-            load_label_map(item.mask, hw, num_classes)
+            load_label_map(item.mask, hw, n_cls)
         return None, exif_rotates(item.image)
     except InputError as exc:
         return exc, False
@@ -61,14 +61,14 @@ def _check_item(job: tuple[FileCheck, int]) -> str:
 _checked = PerItem(_check_one, _check_item)  # anything but bad input (a bug) names the file too
 
 
-def check_files(items: Sequence[FileCheck], num_classes: int, workers: int | None = None) -> None:
+def check_files(items: Sequence[FileCheck], n_cls: int, workers: int | None = None) -> None:
     """Decode every image and mask of ``items``; raise :class:`DataCheckError` listing the first problems.
 
     ``workers`` None uses every core this process may run on (and no more than those); under two
     chunks of files are checked in-process, where starting a pool would cost more than it saves.
     """
     workers = cap_workers(workers or usable_cores(), "data check workers")
-    jobs = [(item, num_classes) for item in items]
+    jobs = [(item, n_cls) for item in items]
     chunk = max(32, len(jobs) // (workers * 16))
     results: Iterable[tuple[InputError | None, bool]]
     problems: list[InputError] = []
@@ -111,7 +111,7 @@ def dataset_items(info: DatasetInfo, ids: Sequence[str] | None = None) -> list[F
     return items
 
 
-def fingerprint(items: Sequence[FileCheck], num_classes: int) -> str:
+def fingerprint(items: Sequence[FileCheck], n_cls: int) -> str:
     """A digest of what a check covered: file names and byte sizes (a truncated file changes it).
 
     Independent of the order of ``items``, which depends on how the splits list the ids.
@@ -121,7 +121,7 @@ def fingerprint(items: Sequence[FileCheck], num_classes: int) -> str:
         sizes = [p.stat().st_size if p is not None and p.is_file() else -1 for p in (item.image, item.mask)]
         mask = item.mask.name if item.mask is not None else "-"
         lines.append(f"{item.image.name} {sizes[0]} {mask} {sizes[1]}\n")
-    digest = hashlib.sha256(f"{_VERSION} {num_classes}\n".encode())
+    digest = hashlib.sha256(f"{_VERSION} {n_cls}\n".encode())
     for line in sorted(lines):
         digest.update(line.encode())
     return digest.hexdigest()[:32]
@@ -130,5 +130,5 @@ def fingerprint(items: Sequence[FileCheck], num_classes: int) -> str:
 def check_dataset(info: DatasetInfo, ids: Sequence[str] | None = None, workers: int | None = None) -> str:
     """Check every file of ``info`` (see :func:`dataset_items`); returns the fingerprint to record."""
     items = dataset_items(info, ids)
-    check_files(items, info.num_classes, workers)
-    return fingerprint(items, info.num_classes)
+    check_files(items, info.n_cls, workers)
+    return fingerprint(items, info.n_cls)

@@ -190,6 +190,6 @@ def prepare_coco(
         for split, ids in split_ids.items():
             write_id_list(list_dir / f"{split}.txt", ids)
         write_json(labels_path, labels)
-        info.checked = fingerprint(dataset_items(info, list(labels)), info.num_classes)
+        info.checked = fingerprint(dataset_items(info, list(labels)), info.n_cls)
         info.save(out_dir / "dataset.yaml")
     return info

@@ -128,7 +128,7 @@ def _background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndar
     return img
 
 
-def render_scene(seed: int, index: int, size: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(seed: int, index: int, size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Image ``index`` of the data set with ``seed``: (uint8 (size, size, 3) RGB, uint8 (size, size) mask)."""
     rng = np.random.default_rng([seed, index])
     S = size
@@ -138,7 +138,7 @@ def render_scene(seed: int, index: int, size: int, n_classes: int) -> tuple[np.n
     classes: list[int] = []
     areas: list[int] = []  # drawn size of each object, before later ones occlude it
     min_visible = _MIN_IMAGE_FRACTION * S * S
-    for k in rng.integers(0, n_classes, int(rng.integers(1, 4))):
+    for k in rng.integers(0, num_classes, int(rng.integers(1, 4))):
         j = len(classes)  # instance index of this object if it gets drawn
         for _ in range(_PLACEMENT_TRIES):
             r = rng.uniform(0.15, 0.3) * S
@@ -159,7 +159,7 @@ def render_scene(seed: int, index: int, size: int, n_classes: int) -> tuple[np.n
                 break
         else:
             continue
-        hue = k / n_classes + rng.uniform(-0.04, 0.04)
+        hue = k / num_classes + rng.uniform(-0.04, 0.04)
         base = _colour(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
         dark = base * rng.uniform(0.35, 0.6)
         t = _texture(k, u, v, rng)[..., None]
@@ -175,8 +175,8 @@ def render_scene(seed: int, index: int, size: int, n_classes: int) -> tuple[np.n
 
 
 def _write_one(job: tuple[Path, int, int, int, int, str]) -> list[int]:
-    root, seed, index, size, n_classes, image_id = job
-    img, mask = render_scene(seed, index, size, n_classes)
+    root, seed, index, size, num_classes, image_id = job
+    img, mask = render_scene(seed, index, size, num_classes)
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=95)
     with atomic_write(root / "JPEGImages" / f"{image_id}.jpg") as tmp:
@@ -197,7 +197,7 @@ def generate_demo(
     n_train: int = 2000,
     n_val: int = 300,
     size: int = 96,
-    n_classes: int = 6,
+    num_classes: int = 6,
     seed: int = 0,
     workers: int = 1,
 ) -> DatasetInfo:
@@ -205,8 +205,8 @@ def generate_demo(
 
     The marker file is written last, so an interrupted run is simply redone.
     """
-    if not 1 <= n_classes <= len(SHAPES):
-        raise InputError(f"n_classes must be in 1..{len(SHAPES)}, got {n_classes}")
+    if not 1 <= num_classes <= len(SHAPES):
+        raise InputError(f"num_classes (data.demo.n_classes) must be in 1..{len(SHAPES)}, got {num_classes}")
     if n_train < 1 or n_val < 0 or size < 32:
         raise InputError(f"need n_train >= 1, n_val >= 0, size >= 32 (got {n_train}, {n_val}, {size})")
     root = Path(out_dir).resolve()
@@ -214,7 +214,7 @@ def generate_demo(
         "n_train": n_train,
         "n_val": n_val,
         "size": size,
-        "n_classes": n_classes,
+        "n_classes": num_classes,  # the marker's key (on disk) stays
         "seed": seed,
         "version": 1,
     }
@@ -228,7 +228,7 @@ def generate_demo(
     marker.unlink(missing_ok=True)
 
     ids = [f"{i:06d}" for i in range(n_train + n_val)]
-    jobs = [(root, seed, i, size, n_classes, image_id) for i, image_id in enumerate(ids)]
+    jobs = [(root, seed, i, size, num_classes, image_id) for i, image_id in enumerate(ids)]
     workers = cap_workers(workers, "demo data workers", level=logging.DEBUG)
     if workers > 1:
         with fork_pool(workers) as pool:
@@ -251,10 +251,10 @@ def generate_demo(
         masks="SegmentationClass",
         splits=splits,
         image_labels="image_labels.json",
-        class_names=["background", *SHAPES[:n_classes]],
+        class_names=["background", *SHAPES[:num_classes]],
         palette="voc",
     )
-    info.checked = fingerprint(dataset_items(info, ids), info.num_classes)  # valid as generated
+    info.checked = fingerprint(dataset_items(info, ids), info.n_cls)  # valid as generated
     info.save(root / "dataset.yaml")
     write_json(marker, params)
     return info

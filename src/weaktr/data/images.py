@@ -67,11 +67,11 @@ def exif_rotates(path: str | Path) -> bool:
 
 
 def load_label_map(
-    path: str | Path, expected_hw: tuple[int, int] | None = None, num_classes: int | None = None
+    path: str | Path, expected_hw: tuple[int, int] | None = None, n_cls: int | None = None
 ) -> np.ndarray:
     """Load a palette / greyscale label PNG as uint8 (H, W) and check its size and ids.
 
-    ``expected_hw`` is the image's (H, W); ``num_classes`` includes background, and 255 (ignore)
+    ``expected_hw`` is the image's (H, W); ``n_cls`` includes background, and 255 (ignore)
     is always allowed. Palette PNGs are read as indices, never as colours.
     """
     path = Path(path)
@@ -87,11 +87,11 @@ def load_label_map(
             f"{expected_hw[0]}x{expected_hw[1]}",
             path,
         )
-    if num_classes is not None:
+    if n_cls is not None:
         ids = np.unique(arr)
-        bad = ids[(ids >= num_classes) & (ids != 255)]
+        bad = ids[(ids >= n_cls) & (ids != 255)]
         if bad.size:
             raise InputError(
-                f"label ids {bad.tolist()} are out of range (valid: 0..{num_classes - 1} and 255)", path
+                f"label ids {bad.tolist()} are out of range (valid: 0..{n_cls - 1} and 255)", path
             )
     return arr

@@ -186,14 +186,14 @@ class DatasetInfo:
         return ids
 
     @property
-    def num_classes(self) -> int:
+    def n_cls(self) -> int:
         """Number of label ids including background (COCO: 91, unused slots included)."""
         return len(self.class_names)
 
     @property
-    def num_fg(self) -> int:
+    def num_classes(self) -> int:
         """Number of foreground classes = CAM class tokens; fg index i is label id i + 1."""
-        return self.num_classes - 1
+        return self.n_cls - 1
 
     def check_model_classes(
         self, n: int, cam: bool, key: str | None = None, checkpoint: str | Path | None = None
@@ -201,8 +201,8 @@ class DatasetInfo:
         """Refuse a model made for another data set before any work: a CAM network (``cam``) has one
         class token per foreground class, a segmenter one output per label id. The error names the
         config ``key`` that set ``n`` (and what to set it to), else the ``checkpoint`` it came from."""
-        fg = (self.num_fg, "foreground classes")
-        want, unit = fg if cam else (self.num_classes, "label ids (background included)")
+        fg = (self.num_classes, "foreground classes")
+        want, unit = fg if cam else (self.n_cls, "label ids (background included)")
         if n == want:
             return
         if key is not None:
@@ -219,17 +219,19 @@ class DatasetInfo:
             raw = read_json(path)
             if not isinstance(raw, dict):
                 raise InputError("image labels must be a JSON object {id: [label ids]}", path)
-            bad = [k for k, v in raw.items() if any(not 0 < int(c) < self.num_classes for c in v)]
+            bad = [k for k, v in raw.items() if any(not 0 < int(c) < self.n_cls for c in v)]
             if bad:
-                raise InputError(f"label ids outside 1..{self.num_fg} for images {short_list(bad)}", path)
+                raise InputError(
+                    f"label ids outside 1..{self.num_classes} for images {short_list(bad)}", path
+                )
             self._labels = {str(k): sorted(int(c) for c in v) for k, v in raw.items()}
         return self._labels
 
     def multi_hot(self, image_id: str) -> torch.Tensor:
-        """Float (num_fg,) target of ``image_id`` with fg index = label id − 1."""
+        """Float (num_classes,) target of ``image_id`` with fg index = label id − 1."""
         labels = self.labels()
         if image_id not in labels:
             raise InputError(f"no image-level labels for image {image_id!r}", self.path(self.image_labels))
-        target = torch.zeros(self.num_fg, dtype=torch.float32)
+        target = torch.zeros(self.num_classes, dtype=torch.float32)
         target[[c - 1 for c in labels[image_id]]] = 1.0
         return target

@@ -53,7 +53,7 @@ def _mask_ids(path: Path) -> list[int]:
 
 
 def labels_from_masks(
-    mask_dir: Path, ids: Iterable[str], num_classes: int | None = None, threads: int = 4
+    mask_dir: Path, ids: Iterable[str], n_cls: int | None = None, threads: int = 4
 ) -> dict[str, list[int]]:
     """Labels as the ids present in each ``<id>.png`` mask (except 0 and 255); missing masks are left out."""
     todo = [(i, Path(mask_dir) / f"{i}.png") for i in ids]
@@ -62,10 +62,10 @@ def labels_from_masks(
     with ThreadPoolExecutor(threads) as pool:  # PNG decoding releases the GIL
         found = list(pool.map(PerItem(lambda t: _mask_ids(t[1]), lambda t: f"mask {t[1]}"), todo))
     out = dict(zip([i for i, _ in todo], found, strict=True))
-    if num_classes is not None:
-        bad = [i for i, v in out.items() if any(c >= num_classes for c in v)]
+    if n_cls is not None:
+        bad = [i for i, v in out.items() if any(c >= n_cls for c in v)]
         if bad:
-            raise InputError(f"masks with ids >= {num_classes}: {short_list(bad)}", mask_dir)
+            raise InputError(f"masks with ids >= {n_cls}: {short_list(bad)}", mask_dir)
     return out
 
 

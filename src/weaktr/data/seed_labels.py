@@ -101,7 +101,7 @@ class SeedGTDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         info, image_id = self.base.info, self.base.ids[index]
         img = load_image(info.image_path(image_id))
-        seed = load_label_map(self.base.label_dir / f"{image_id}.png", img.shape[:2], info.num_classes)
+        seed = load_label_map(self.base.label_dir / f"{image_id}.png", img.shape[:2], info.n_cls)
         gt_path = self.gt_dir / f"{image_id}.png"
         gt = (
             load_label_map(gt_path, img.shape[:2])

@@ -17,7 +17,7 @@ from weaktr.errors import InputError
 
 
 class ClassificationDataset(Dataset):
-    """Phase 1: (transformed image tensor, multi-hot float (num_fg,)).
+    """Phase 1: (transformed image tensor, multi-hot float (num_classes,)).
 
     ``transform`` receives a PIL RGB image (timm transforms expect PIL); without one the image becomes
     a float (3, H, W) tensor in [0, 1].
@@ -80,7 +80,7 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_id = self.ids[index]
         img = load_image(self.info.image_path(image_id))
-        mask = load_label_map(self.label_dir / f"{image_id}.png", img.shape[:2], self.info.num_classes)
+        mask = load_label_map(self.label_dir / f"{image_id}.png", img.shape[:2], self.info.n_cls)
         if self.transform is not None:
             return self.transform(img, mask)
         return torch.from_numpy(img).permute(2, 0, 1).float().div(255.0), torch.from_numpy(mask).long()

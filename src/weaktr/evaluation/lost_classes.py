@@ -23,12 +23,12 @@ log = logging.getLogger("weaktr")
 LOST_SHARE = 0.05
 
 
-def class_pixels(label_dir: Path, ids: Sequence[str], num_classes: int) -> np.ndarray:
-    """Pixels of each class id 0..num_classes-1 over ``label_dir/<id>.png`` (255 and larger ids ignored)."""
-    counts = np.zeros(num_classes, dtype=np.int64)
+def class_pixels(label_dir: Path, ids: Sequence[str], n_cls: int) -> np.ndarray:
+    """Pixels of each class id 0..n_cls-1 over ``label_dir/<id>.png`` (255 and larger ids ignored)."""
+    counts = np.zeros(n_cls, dtype=np.int64)
     for i in ids:
         labels = read_label_png(Path(label_dir) / f"{i}.png")
-        counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
+        counts += np.bincount(labels.ravel(), minlength=256)[:n_cls]
     return counts
 
 

@@ -1,6 +1,6 @@
 """Segmentation metrics as the authors compute them (spec §1.6, golden O11), plus the CAM threshold sweep.
 
-Counts are totals over the data set; valid pixels are those whose GT is a class (< num_classes, so
+Counts are totals over the data set; valid pixels are those whose GT is a class (< n_cls, so
 255 is ignored). Per class k with P predicted, T GT and TP true-positive pixels:
 IoU = TP/(T+P−TP), precision = TP/P, recall = TP/T, FP = (P−TP)/(T+P−TP), FN = (T−TP)/(T+P−TP).
 A zero denominator gives NaN, and means are nanmeans over all classes, background included — this is
@@ -28,11 +28,11 @@ PER_CLASS = ("iou", "precision", "recall", "fp", "fn")
 class ConfusionMatrix:
     """GT × prediction pixel counts; predictions outside 0..C−1 land in an extra 'invalid' column."""
 
-    def __init__(self, num_classes: int) -> None:
-        if num_classes < 1:
-            raise ValueError("num_classes must be ≥ 1")
-        self.num_classes = num_classes
-        self.counts = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    def __init__(self, n_cls: int) -> None:
+        if n_cls < 1:
+            raise ValueError("n_cls must be ≥ 1")
+        self.n_cls = n_cls
+        self.counts = np.zeros((n_cls, n_cls + 1), dtype=np.int64)
 
     def update(self, pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> None:
         """Add one prediction / GT pair of equal shape (any integer dtype)."""
@@ -40,7 +40,7 @@ class ConfusionMatrix:
         gt = np.asarray(gt.cpu() if isinstance(gt, torch.Tensor) else gt).astype(np.int64)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction {pred.shape} and GT {gt.shape} differ in shape")
-        self.counts += confusion_counts(pred, gt, self.num_classes)
+        self.counts += confusion_counts(pred, gt, self.n_cls)
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks when torch.distributed is initialised (a no-op otherwise)."""
@@ -54,17 +54,17 @@ class ConfusionMatrix:
     def scores(self) -> dict[str, Any]:
         """Per-class and mean scores as fractions (0..1); JSON-ready plain Python values."""
         return scores_from_counts(
-            self.counts[:, : self.num_classes].sum(0), self.counts.sum(1), np.diagonal(self.counts).copy()
+            self.counts[:, : self.n_cls].sum(0), self.counts.sum(1), np.diagonal(self.counts).copy()
         )
 
 
-def confusion_counts(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_counts(pred: np.ndarray, gt: np.ndarray, n_cls: int) -> np.ndarray:
     """(C, C+1) counts of valid pixels; one bincount, no per-pixel Python loop."""
-    valid = (gt >= 0) & (gt < num_classes)
+    valid = (gt >= 0) & (gt < n_cls)
     p = pred[valid]
-    p = np.where((p < 0) | (p >= num_classes), num_classes, p)
-    idx = gt[valid] * (num_classes + 1) + p
-    return np.bincount(idx, minlength=num_classes * (num_classes + 1)).reshape(num_classes, num_classes + 1)
+    p = np.where((p < 0) | (p >= n_cls), n_cls, p)
+    idx = gt[valid] * (n_cls + 1) + p
+    return np.bincount(idx, minlength=n_cls * (n_cls + 1)).reshape(n_cls, n_cls + 1)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ def sweep_thresholds(
     gt_dir: str | Path,
     ids: Sequence[str],
     thresholds: Sequence[float],
-    num_classes: int,
+    n_cls: int,
     early_stop: bool = True,
 ) -> tuple[float, dict[float, float]]:
     """Background-threshold sweep of CAM seeds (no CRF), reading each CAM file once.
@@ -193,7 +193,7 @@ def sweep_thresholds(
         raise ValueError("no thresholds to sweep")
     ts = np.asarray(thresholds, dtype=np.float32)
     order = np.argsort(ts, kind="stable")
-    sorted_ts, n_t, n = ts[order], len(ts), num_classes
+    sorted_ts, n_t, n = ts[order], len(ts), n_cls
     # hist[b, g, c]: pixels with GT g, top label c and b thresholds strictly below their top value.
     hist = np.zeros((n_t + 1) * n * n, dtype=np.int64)
     gt_dir = Path(gt_dir)

@@ -168,14 +168,14 @@ def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
         raise missing_dataset(cfg)
     info = DatasetInfo.load(described)
     items = dataset_items(info)
-    done = fingerprint(items, info.num_classes)
+    done = fingerprint(items, info.n_cls)
     stamp = RunLayout(run_dir).data_check
     if done in (info.checked, _stamped(stamp)):
         return info
     log.info(
         "data set %r: checking %d images (prepare did not check them as they are now)", info.name, len(items)
     )
-    check_files(items, info.num_classes)
+    check_files(items, info.n_cls)
     write_json(stamp, {"dataset": str(Path(cfg.data.dataset).resolve()), "fingerprint": done})
     return info
 

@@ -42,7 +42,7 @@ def _confusion(
     ctx: RunContext, source: Path, ids: Sequence[str], gt: Path, threshold: float | None
 ) -> ConfusionMatrix:
     """Counts of this rank's share of ``ids``, summed over ranks; CAMs when a threshold is given."""
-    cm = ConfusionMatrix(ctx.dataset.num_classes)
+    cm = ConfusionMatrix(ctx.dataset.n_cls)
     for i in shard(ids, ctx.dist.rank, ctx.dist.world):
         if threshold is None:
             pred_path = source / f"{i}.png"
@@ -89,7 +89,7 @@ def evaluate_stage(
         best = 0.0
         if ctx.dist.is_main:
             best, results = sweep_thresholds(
-                source, gt_path, ids, sweep_range(ctx.cfg.seeds.sweep), ctx.dataset.num_classes
+                source, gt_path, ids, sweep_range(ctx.cfg.seeds.sweep), ctx.dataset.n_cls
             )
             extra["sweep"] = {f"{t:.2f}": m for t, m in results.items()}
         threshold = extra["threshold"] = broadcast_value(best)

@@ -46,7 +46,7 @@ def choose_threshold(ctx: RunContext, cam_dir: Path) -> float:
     best = 0.0
     if ctx.dist.is_main:  # one rank reads the CAMs; the others get its choice
         best, results = sweep_thresholds(
-            cam_dir, gt_dir(ctx.dataset), ids, sweep_range(seeds.sweep), ctx.dataset.num_classes
+            cam_dir, gt_dir(ctx.dataset), ids, sweep_range(seeds.sweep), ctx.dataset.n_cls
         )
         write_json(
             ctx.layout.seed_threshold,

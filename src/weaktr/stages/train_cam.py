@@ -98,7 +98,7 @@ def _score_epoch(ctx: RunContext, model: CAMNet) -> tuple[float, float]:
     if ctx.dist.is_main:
         ids = ctx.dataset.ids(split)
         threshold, results = sweep_thresholds(
-            work, gt_dir(ctx.dataset), ids, sweep_range(ctx.cfg.seeds.sweep), ctx.dataset.num_classes
+            work, gt_dir(ctx.dataset), ids, sweep_range(ctx.cfg.seeds.sweep), ctx.dataset.n_cls
         )
         miou = results[threshold]
         shutil.rmtree(work, ignore_errors=True)

@@ -137,7 +137,7 @@ def evaluate_segmenter(ctx: RunContext, model: Segmenter, split: str) -> dict[st
     """Single-scale sliding-window scores on ``split`` (ids sharded over ranks, counts all-reduced), at
     the training precision with the prediction's fast path (the run's ``seg_eval`` policy)."""
     info = ctx.dataset
-    cm = ConfusionMatrix(info.num_classes)
+    cm = ConfusionMatrix(info.n_cls)
     ids = shard(info.ids(split), ctx.dist.rank, ctx.dist.world)
     model.prepare_inference(ctx.execution.seg_eval)
     for image_id in progress(ids, desc=f"eval {split}", enabled=ctx.dist.is_main):
