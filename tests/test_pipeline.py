@@ -13,7 +13,7 @@ from weaktr.cli import COMMANDS, build_parser, main
 from weaktr.config import load_config
 from weaktr.data.demo import SHAPES
 from weaktr.evaluation.lost_classes import class_pixels, lost_classes
-from weaktr.pipeline import STAGE_NAMES
+from weaktr.pipeline import STAGE_NAMES, stages_to_redo
 from weaktr.report.render import build_report
 
 TINY = [
@@ -90,15 +90,25 @@ def test_demo_writes_every_artefact(demo_run: Path):
     assert {p.stem for p in (demo_run / "pred" / "val").glob("*.png")} == set(ids)
 
 
-def test_rerun_skips_complete_stages_and_force_redoes_one(demo_run: Path, capsys):
-    markers = {p.name: p.stat().st_mtime_ns for p in (demo_run / "stages").glob("*.json")}
-    assert main(["demo", "--run-dir", str(demo_run), *TINY]) == 0
-    assert {p.name: p.stat().st_mtime_ns for p in (demo_run / "stages").glob("*.json")} == markers
-    assert main(["demo", "--run-dir", str(demo_run), "--force", "seeds", "--until", "seeds", *TINY]) == 0
-    after = {p.name: p.stat().st_mtime_ns for p in (demo_run / "stages").glob("*.json")}
+def test_rerun_skips_complete_stages_and_force_redoes_one(demo_run: Path, tmp_path: Path, capsys):
+    """--force redoes a stage and every stage that reads its outputs, even past --until: a segmenter
+    trained on the old seeds, and its predictions, are not reported as results of the new ones."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run, symlinks=True)
+    markers = {p.name: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
+    assert main(["demo", "--run-dir", str(run), *TINY]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")} == markers
+    capsys.readouterr()
+    assert main(["demo", "--run-dir", str(run), "--force", "seeds", "--until", "seeds", *TINY]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (run / "stages").glob("*.json")}
     assert after["seeds.json"] != markers["seeds.json"]
-    assert after["train_cam.json"] == markers["train_cam.json"]
-    assert "segmenter (val)" in capsys.readouterr().out
+    for stage in ("train_cam", "gen_cam", "eval_cams", "views"):
+        assert after[f"{stage}.json"] == markers[f"{stage}.json"], stage
+    assert not {"train_seg.json", "predict.json", "report.json"} & set(after)
+    assert not (run / "seg").exists() and not (run / "pred").exists()
+    assert "segmenter (val)" not in capsys.readouterr().out
+    assert stages_to_redo(["eval_cams"]) == ["eval_cams", "report"]
+    assert stages_to_redo(["train_cam"]) == list(STAGE_NAMES)
 
 
 def test_unknown_stage_and_key_fail_cleanly(demo_run: Path, capsys):

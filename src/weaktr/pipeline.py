@@ -3,7 +3,7 @@
 Each stage writes its outputs (atomically, file by file) and then a marker ``stages/<name>.json``.
 A stage whose marker exists is skipped, so a killed run resumes at the stage it was in, and the
 stages themselves skip the per-image files they already wrote. ``force`` redoes named stages from
-scratch (their outputs are removed first).
+scratch (their outputs are removed first), and with them every stage that reads their outputs.
 """
 
 from __future__ import annotations
@@ -42,11 +42,13 @@ CAM_VARIANTS = ("coarse", "fused", "refined")  # scored for the report besides t
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the pipeline: its name, the folders it writes and how to run it."""
+    """One step of the pipeline: its name, the folders it writes, how to run it, and the stages
+    whose outputs it reads (so that redoing one of those redoes it too)."""
 
     name: str
     outputs: Callable[[RunLayout], tuple[Path, ...]]
     run: Callable[[RunContext], dict[str, Any] | None]
+    reads: tuple[str, ...] = ()
 
 
 def _has_gt(ctx: RunContext) -> bool:
@@ -158,13 +160,18 @@ def _report(ctx: RunContext) -> dict[str, Any]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("train_cam", lambda lay: (lay.cam,), _train_cam),
-    Stage("gen_cam", lambda lay: (lay.cams,), _gen_cam),
-    Stage("eval_cams", lambda lay: tuple(lay.cams_of(k) for k in CAM_VARIANTS), _eval_cams),
-    Stage("views", lambda lay: (lay.views,), views_stage),
-    Stage("seeds", lambda lay: (lay.seeds(False), lay.seeds(True)), _seeds),
-    Stage("train_seg", lambda lay: (lay.seg,), _train_seg),
-    Stage("predict", lambda lay: (lay.pred_root,), _predict),
-    Stage("report", lambda lay: (lay.report_dir,), _report),
+    Stage("gen_cam", lambda lay: (lay.cams,), _gen_cam, ("train_cam",)),
+    Stage(
+        "eval_cams",
+        lambda lay: tuple(lay.cams_of(k) for k in CAM_VARIANTS),
+        _eval_cams,
+        ("train_cam", "gen_cam"),
+    ),
+    Stage("views", lambda lay: (lay.views,), views_stage, ("train_cam",)),
+    Stage("seeds", lambda lay: (lay.seeds(False), lay.seeds(True)), _seeds, ("gen_cam",)),
+    Stage("train_seg", lambda lay: (lay.seg,), _train_seg, ("seeds",)),
+    Stage("predict", lambda lay: (lay.pred_root,), _predict, ("train_seg",)),
+    Stage("report", lambda lay: (lay.report_dir,), _report, tuple(STAGE_NAMES[:-1])),
 )
 PHASE1_STAGES = ("train_cam", "gen_cam", "eval_cams", "views", "seeds")
 
@@ -173,6 +180,16 @@ def _headline(scores: dict[str, Any]) -> dict[str, Any]:
     """The numbers a summary needs from a metrics dict: mIoU (+ the chosen threshold when swept)."""
     keep = ("miou", "mean_precision", "mean_recall", "threshold")
     return {k: scores[k] for k in keep if k in scores}
+
+
+def stages_to_redo(force: Sequence[str]) -> list[str]:
+    """The forced stages and every stage that reads their outputs, directly or not, in pipeline order:
+    a segmenter trained on seeds that were redone is stale, and so are its predictions."""
+    redo = set(force)
+    for stage in STAGES:  # in order, so one pass closes the chain
+        if redo.intersection(stage.reads):
+            redo.add(stage.name)
+    return [s.name for s in STAGES if s.name in redo]
 
 
 def check_stage_names(names: Sequence[str]) -> None:
@@ -204,13 +221,17 @@ def run_pipeline(ctx: RunContext, force: Sequence[str] = (), until: str | None =
     check_stage_names([*force, *([until] if until else [])])
     require_extras(ctx.cfg, until)
     run_dir, t_start = ctx.run_dir, time.time()
-    for stage in STAGES:
-        marker = RunLayout(run_dir).stage_marker(stage.name)
-        if stage.name in force and ctx.dist.is_main:
-            marker.unlink(missing_ok=True)
+    redo = stages_to_redo(force)
+    if redo and ctx.dist.is_main:  # before any stage runs, also past --until: no stale result stays
+        if later := [name for name in redo if name not in force]:
+            log.info("--force also redoes the stages that read its outputs: %s", ", ".join(later))
+        for stage in (s for s in STAGES if s.name in redo):
+            RunLayout(run_dir).stage_marker(stage.name).unlink(missing_ok=True)
             for path in stage.outputs(RunLayout(run_dir)):
                 shutil.rmtree(path, ignore_errors=True)
-        barrier()
+    barrier()
+    for stage in STAGES:
+        marker = RunLayout(run_dir).stage_marker(stage.name)
         if marker.is_file():
             log.info("stage %s: done before, skipped (--force %s redoes it)", stage.name, stage.name)
         else:

@@ -15,7 +15,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="STAGE",
-        help=f"redo this stage even if it is complete (repeatable): {', '.join(STAGE_NAMES)}",
+        help=f"redo this stage and the stages that read its outputs (repeatable): {', '.join(STAGE_NAMES)}",
     )
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage")
 
