@@ -94,5 +94,5 @@ def test_background_shares_the_object_colours():
 
 
 def test_bad_settings_are_rejected(tmp_path):
-    with pytest.raises(InputError, match="n_classes"):
+    with pytest.raises(InputError, match=r"data\.demo\.num_classes must be in 1\.\.8, got 20"):
         generate_demo(tmp_path, num_classes=20)

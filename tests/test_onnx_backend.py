@@ -53,7 +53,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "data.demo.n_train=2",
         "data.demo.n_val=3",
         "data.demo.size=64",
-        "data.demo.n_classes=3",
+        "data.demo.num_classes=3",
         "predict.scales=[0.75, 1.0]",
         "predict.window=32",
         "predict.stride=21",

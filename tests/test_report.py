@@ -46,7 +46,7 @@ def make_tiny_run(run_dir: Path) -> Path:
         "demo",
         [
             f"run_dir={run_dir}",
-            "data.demo={n_train: 6, n_val: 4, size: 64, n_classes: 3, seed: 0}",
+            "data.demo={n_train: 6, n_val: 4, size: 64, num_classes: 3, seed: 0}",
             f"cam_model.num_classes={N_CLASSES}",
             f"seg_model.n_cls={N_CLASSES + 1}",
             "report.n_examples=3",

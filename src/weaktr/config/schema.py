@@ -22,7 +22,7 @@ class DemoDataConfig:
     n_train: int = 2000
     n_val: int = 300
     size: int = 96
-    n_classes: int = 6
+    num_classes: int = 6  # foreground classes (the CAM class tokens), as cam_model.num_classes
     seed: int = 0
 
 

@@ -206,7 +206,7 @@ def generate_demo(
     The marker file is written last, so an interrupted run is simply redone.
     """
     if not 1 <= num_classes <= len(SHAPES):
-        raise InputError(f"num_classes (data.demo.n_classes) must be in 1..{len(SHAPES)}, got {num_classes}")
+        raise InputError(f"data.demo.num_classes must be in 1..{len(SHAPES)}, got {num_classes}")
     if n_train < 1 or n_val < 0 or size < 32:
         raise InputError(f"need n_train >= 1, n_val >= 0, size >= 32 (got {n_train}, {n_val}, {size})")
     root = Path(out_dir).resolve()

@@ -162,7 +162,7 @@ def resolve_dataset(cfg: RunConfig, run_dir: Path) -> DatasetInfo:
     if cfg.data.dataset == "demo":  # generated here, so valid by construction
         d = cfg.data.demo
         out = RunLayout(run_dir).demo_data
-        return generate_demo(out, d.n_train, d.n_val, d.size, d.n_classes, d.seed, workers=2)
+        return generate_demo(out, d.n_train, d.n_val, d.size, d.num_classes, d.seed, workers=2)
     described = Path(cfg.data.dataset)
     if not (described / "dataset.yaml" if described.is_dir() else described).is_file():
         raise missing_dataset(cfg)
