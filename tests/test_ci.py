@@ -37,7 +37,7 @@ def test_the_wheel_checks_demo_overrides_are_valid_and_small() -> None:
     cfg = load_config("demo", _demo_overrides())
     assert cfg.data.demo.n_train <= 32 and cfg.data.demo.size <= 48
     assert cfg.cam_train.epochs == 1 and cfg.seg_train.epochs == 1
-    assert cfg.cam_model["num_classes"] == cfg.data.demo.n_classes == cfg.seg_model["n_cls"] - 1
+    assert cfg.cam_model["num_classes"] == cfg.data.demo.num_classes == cfg.seg_model["n_cls"] - 1
     assert cfg.report.enabled  # the check looks for report/index.html
 
 
