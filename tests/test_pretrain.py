@@ -19,6 +19,7 @@ from weaktr.data import demo, pretrain_shapes
 from weaktr.engine.optim import warmup_cosine_lr
 from weaktr.io import load_checkpoint
 from weaktr.models.cam import CAMConfig, build_cam_model
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import SegConfig, build_segmenter
 from weaktr.pretrain_settings import PretrainSettings
 from weaktr.runtime.context import amp_enabled
@@ -88,14 +89,15 @@ def test_warmup_cosine_schedule():
 
 def test_same_seed_same_bytes(tmp_path):
     """Bit-identical files for one seed, in the precision a real run uses here (bf16 where native)."""
-    amp = amp_enabled(torch.device("cpu"), True, amp_cpu=True)
+    cpu = torch.device("cpu")
+    policy = ExecutionPolicy.training(cpu, amp_enabled(cpu, True, amp_cpu=True))
     settings = PretrainSettings(
         embed_dim=16, depth=1, num_heads=2, n_train=32, n_val=0, batch_size=16, epochs=1
     )
     for name in ("a", "b"):
-        pretrain(settings, tmp_path / f"{name}.safetensors", torch.device("cpu"), amp=amp)
+        pretrain(settings, tmp_path / f"{name}.safetensors", policy)
     other = PretrainSettings(**{**settings.__dict__, "seed": 1})
-    pretrain(other, tmp_path / "c.safetensors", torch.device("cpu"), amp=amp)
+    pretrain(other, tmp_path / "c.safetensors", policy)
     a, b, c = ((tmp_path / f"{n}.safetensors").read_bytes() for n in "abc")
     assert a == b and a != c
     state, config = load_checkpoint(tmp_path / "a.safetensors")  # the architecture rides along

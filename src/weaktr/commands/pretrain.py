@@ -41,6 +41,7 @@ def command_line(args: argparse.Namespace) -> str:
 def execute(args: argparse.Namespace) -> int:
     import torch
 
+    from weaktr.models.execution import ExecutionPolicy
     from weaktr.runtime.context import amp_enabled
     from weaktr.stages.pretrain import accuracy_summary, describe_size, pretrain
 
@@ -50,8 +51,8 @@ def execute(args: argparse.Namespace) -> int:
     values = {k: getattr(args, k) for k in (*_SIZE_FLAGS, *_RECIPE_FLAGS, "backbone", "pool", "lr")}
     settings = PretrainSettings(**{k: v for k, v in values.items() if v is not None})
     command = command_line(args)
-    amp = amp_enabled(device, not args.no_amp, amp_cpu=True)
-    result = pretrain(settings, args.out, device, amp, workers=args.workers, command=command)
+    policy = ExecutionPolicy.training(device, amp_enabled(device, not args.no_amp, amp_cpu=True))
+    result = pretrain(settings, args.out, policy, workers=args.workers, command=command)
     print(f"pretrained backbone: {result.path.resolve()} ({describe_size(result.path)})")
     print(f"  {result.params:,} parameters; {accuracy_summary(result)}")
     arch = settings.architecture()

@@ -36,6 +36,7 @@ from weaktr.engine.optim import set_lr, warmup_cosine_lr
 from weaktr.errors import InputError
 from weaktr.io import save_checkpoint
 from weaktr.models.backbone import VIT_BLOCK_OPTIONS
+from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.timm_factory import create_backbone, normalisation
 from weaktr.pretrain_settings import PretrainSettings
 from weaktr.runtime.logging import format_seconds, progress
@@ -124,17 +125,16 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     norm: tuple[torch.Tensor, torch.Tensor],
-    amp: bool,
+    policy: ExecutionPolicy,
 ) -> float:
     """Top-1 accuracy on un-augmented images (eval mode)."""
     if len(labels) == 0:
         return float("nan")
     model.eval()
-    device = norm[0].device
     correct = 0
     for i in range(0, len(labels), _EVAL_BATCH):
-        x = _to_input(images[i : i + _EVAL_BATCH].to(device), *norm)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        x = _to_input(images[i : i + _EVAL_BATCH].to(policy.device), *norm)
+        with policy.autocast(policy.backbone_dtype):
             logits = model(x)
         correct += int((logits.argmax(1).cpu() == labels[i : i + _EVAL_BATCH]).sum())
     return correct / len(labels)
@@ -172,14 +172,14 @@ def _train_epoch(
     s: PretrainSettings,
     epoch: int,
     first_step: int,
-    amp: bool,
+    policy: ExecutionPolicy,
 ) -> tuple[int, float, float]:
     """One shuffled pass (or up to ``max_steps``); returns (steps so far, train accuracy, mean loss).
 
     Shuffling and augmentation come from a generator seeded by (seed, epoch), so an epoch is the same
     whatever ran before it.
     """
-    device = data.norm[0].device
+    device = policy.device
     steps_per_epoch = s.n_train // s.batch_size  # drop_last: every step the same batch size
     total = s.epochs * steps_per_epoch
     warmup = round(s.warmup_epochs * steps_per_epoch)
@@ -196,7 +196,7 @@ def _train_epoch(
         y = data.labels[idx].to(device)
         x = augment(_to_input(data.images[idx].to(device), *data.norm), s.crop_scale, gen)
         set_lr(optimizer, warmup_cosine_lr(step, total, s.lr, warmup, s.min_lr))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with policy.autocast(policy.backbone_dtype):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -204,7 +204,7 @@ def _train_epoch(
         optimizer.step()
         value = loss.item()
         if not math.isfinite(value):
-            turn_off = " or pass --no-amp" if amp else ""
+            turn_off = " or pass --no-amp" if policy.amp else ""
             raise InputError(f"pretraining diverged: loss {value} at step {step + 1}; lower --lr{turn_off}")
         loss_sum += value
         correct += int((logits.argmax(1) == y).sum())
@@ -218,12 +218,13 @@ def _train_epoch(
 def pretrain(
     s: PretrainSettings,
     out: str | Path,
-    device: torch.device,
-    amp: bool,
+    policy: ExecutionPolicy,
     workers: int = 1,
     command: str = "",
 ) -> PretrainResult:
-    """Render the data, train the classifier, write ``out`` (float16 timm state dict + metadata)."""
+    """Render the data, train the classifier under ``policy`` (a training policy: bf16 autocast or
+    float32), write ``out`` (float16 timm state dict + metadata)."""
+    device = policy.device
     t0 = time.perf_counter()
     K = len(pretrain_shapes.CLASSES)
     log.info("pretrain: rendering %d train + %d val images (%d classes)", s.n_train, s.n_val, K)
@@ -254,8 +255,8 @@ def pretrain(
             if s.max_steps is not None and step >= s.max_steps:
                 break
             te = time.perf_counter()
-            step, train_acc, loss = _train_epoch(model, optimizer, data, s, epoch, step, amp)
-            val_acc = evaluate(model, data.val_images, data.val_labels, data.norm, amp)
+            step, train_acc, loss = _train_epoch(model, optimizer, data, s, epoch, step, policy)
+            val_acc = evaluate(model, data.val_images, data.val_labels, data.norm, policy)
             epoch_seconds.append(time.perf_counter() - te)
             log.info(
                 "pretrain epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f, %s",
