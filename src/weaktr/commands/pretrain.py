@@ -4,7 +4,10 @@ WeakTr presumes an ImageNet-pretrained backbone; the demo's small conv-stem ViT 
 supervised as DeiT was, on a generated 28-class shapes set that shares no class with the demo. The
 file is a timm state dict (float16) that ``cam_train.pretrained=PATH`` and ``seg_train.pretrained=PATH``
 load like any local weights; its metadata names this command line, the seeds, the data generator,
-the epochs and steps, the final accuracies and the weaktr version. See docs/pretraining.md.
+the epochs and steps, the final accuracies and the weaktr version. ``--objects K`` (K > 1) renders
+1..K objects of distinct classes per image and trains multi-label (multilabel soft margin loss, scored
+by mAP); the file's metadata then names the multi-object generator and ``objects``. See
+docs/pretraining.md.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shlex
 from weaktr.pretrain_settings import POOLS, PretrainSettings
 
 _SIZE_FLAGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
-_RECIPE_FLAGS = ("epochs", "batch_size", "n_train", "n_val", "seed", "data_seed", "max_steps")
+_RECIPE_FLAGS = ("epochs", "batch_size", "n_train", "n_val", "seed", "data_seed", "max_steps", "objects")
 _HELP = {
     "img_size": "image size in pixels",
     "n_train": "training images rendered",
@@ -23,6 +26,7 @@ _HELP = {
     "seed": "seed of the weights, shuffling and augmentation",
     "data_seed": "seed of the shapes generator",
     "max_steps": "stop after N steps (tests, timing; the schedule still spans every epoch)",
+    "objects": "most objects per image; above 1: 1..N objects of distinct classes, multi-label loss, mAP",
 }
 
 

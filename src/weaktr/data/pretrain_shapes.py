@@ -8,6 +8,11 @@ clutter) are drawn independently of the class, so a model can learn nothing here
 demo's classes apart by their colour or texture families. One object per 96 px image, at a random
 scale, position, rotation, aspect and mirror image.
 
+With ``objects`` K > 1 (:func:`render_scene`) an image holds 1..K objects of distinct classes,
+smaller, side by side with limited overlap, each with its own hue and texture; its label is
+multi-hot. This is a generator of its own (:data:`MULTI_GENERATOR`, its own random stream): K = 1
+keeps the single-object images above, byte for byte.
+
 Every image has its own RNG seeded by (seed, index, stream): the demo's images use (seed, index), so
 the two generators never share a random stream, and the output is identical for any worker count.
 """
@@ -54,8 +59,14 @@ CLASSES = (
     "dumbbell",
 )
 GENERATOR = "weaktr.data.pretrain_shapes/1"  # bump the number whenever any image changes
+MULTI_GENERATOR = "weaktr.data.pretrain_shapes/multi-1"  # objects > 1: bump whenever such an image changes
 _STREAM = 0x5054  # third seed word, "PT": keeps these RNG streams apart from the demo's (seed, index)
+_MULTI_STREAM = 0x504D  # "PM": the multi-object images' own streams
 _TEXTURES = 8  # the demo's texture families (weaktr.data.demo._texture)
+_MULTI_RADIUS = (0.14, 0.26)  # object radius / image size with objects > 1 (one object: 0.2-0.4)
+_MULTI_MARGIN = 0.8  # centres at least 0.8 radius inside the frame (one object: 0.75)
+_MIN_KEPT = 0.8  # objects overlap by at most 20 % of either one's pixels
+_PLACEMENT_TRIES = 12  # positions tried per object; an object that fits nowhere is left out
 
 Grid = np.ndarray
 
@@ -167,6 +178,35 @@ def shape_mask(name: str, u: Grid, v: Grid) -> Grid:
     raise ValueError(f"unknown pretraining class {name!r}")
 
 
+def _place(
+    rng: np.random.Generator, size: int, xx: Grid, yy: Grid, radius: tuple[float, float], margin: float
+) -> tuple[Grid, Grid]:
+    """An object's unit coordinates (u, v) at a random scale, position, rotation, stretch and mirror."""
+    r = rng.uniform(*radius) * size
+    cx, cy = rng.uniform(margin * r, size - margin * r, 2)
+    th = rng.uniform(0, 2 * np.pi)
+    c, s = np.cos(th), np.sin(th)
+    aspect = np.exp(rng.uniform(-0.2, 0.2))  # a mild stretch: the shape, not its exact proportions
+    mirror = 1.0 if rng.random() < 0.5 else -1.0
+    u = mirror * ((xx - cx) * c + (yy - cy) * s) / (r * aspect)
+    v = (-(xx - cx) * s + (yy - cy) * c) * aspect / r
+    return u, v
+
+
+def _paint(img: np.ndarray, rng: np.random.Generator, m: Grid, u: Grid, v: Grid) -> np.ndarray:
+    """``img`` with the object ``m`` drawn in a random colour and texture (independent of its class)."""
+    base = _colour(rng.random(), rng.uniform(0.4, 1.0), rng.uniform(0.45, 1.0))
+    dark = base * rng.uniform(0.35, 0.6)
+    t = _texture(int(rng.integers(0, _TEXTURES)), u, v, rng)[..., None]
+    return np.where(m[..., None], dark + (base - dark) * t, img)
+
+
+def _finish(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pixel noise, then uint8."""
+    img = img + rng.normal(0.0, rng.uniform(0.01, 0.05), img.shape)
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
 def render_image(seed: int, index: int, size: int = 96) -> tuple[np.ndarray, int]:
     """Image ``index`` of the set with ``seed``: (uint8 (size, size, 3) RGB, class index).
 
@@ -177,69 +217,126 @@ def render_image(seed: int, index: int, size: int = 96) -> tuple[np.ndarray, int
     S = size
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
     img = _background(rng, S, yy, xx)
-    r = rng.uniform(0.2, 0.4) * S
-    cx, cy = rng.uniform(0.75 * r, S - 0.75 * r, 2)
-    th = rng.uniform(0, 2 * np.pi)
-    c, s = np.cos(th), np.sin(th)
-    aspect = np.exp(rng.uniform(-0.2, 0.2))  # a mild stretch: the shape, not its exact proportions
-    mirror = 1.0 if rng.random() < 0.5 else -1.0
-    u = mirror * ((xx - cx) * c + (yy - cy) * s) / (r * aspect)
-    v = (-(xx - cx) * s + (yy - cy) * c) * aspect / r
-    m = shape_mask(CLASSES[label], u, v)
-    base = _colour(rng.random(), rng.uniform(0.4, 1.0), rng.uniform(0.45, 1.0))
-    dark = base * rng.uniform(0.35, 0.6)
-    t = _texture(int(rng.integers(0, _TEXTURES)), u, v, rng)[..., None]
-    img = np.where(m[..., None], dark + (base - dark) * t, img)
-    img = img + rng.normal(0.0, rng.uniform(0.01, 0.05), img.shape)
-    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), label
+    u, v = _place(rng, S, xx, yy, (0.2, 0.4), 0.75)
+    img = _paint(img, rng, shape_mask(CLASSES[label], u, v), u, v)
+    return _finish(img, rng), label
 
 
-def _render_into(images: np.ndarray, seed: int, start: int, size: int, rows: range) -> None:
+def scene_layout(seed: int, index: int, size: int, objects: int) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Multi-object image ``index``: (uint8 RGB, the classes drawn in drawing order, int64 (size, size)
+    owner map: which of them each pixel shows, -1 the background).
+
+    1..``objects`` objects of distinct classes: the first is ``index % len(CLASSES)`` (every class
+    leads equally often), the others are drawn from the rest. Each is placed by up to
+    :data:`_PLACEMENT_TRIES` tries so that at least :data:`_MIN_KEPT` of its own pixels lie on the
+    background and every object drawn before it keeps at least that share of its pixels; an object
+    that fits nowhere is left out (and out of the label).
+    """
+    C = len(CLASSES)
+    if not 1 <= objects <= C:
+        raise ValueError(f"objects must be 1..{C}, not {objects}")
+    rng = np.random.default_rng([seed, index, _MULTI_STREAM])
+    S = size
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) + 0.5
+    img = _background(rng, S, yy, xx)
+    first = index % C
+    others = rng.choice(C - 1, int(rng.integers(1, objects + 1)) - 1, replace=False)
+    owner = np.full((S, S), -1, dtype=np.int64)
+    drawn: list[int] = []
+    areas: list[int] = []  # each object's pixels as drawn, before later ones hide part of it
+    for k in [first, *(int(o + (o >= first)) for o in others)]:
+        j = len(drawn)
+        for _ in range(_PLACEMENT_TRIES):
+            u, v = _place(rng, S, xx, yy, _MULTI_RADIUS, _MULTI_MARGIN)
+            m = shape_mask(CLASSES[k], u, v)
+            trial = np.where(m, j, owner)
+            kept = np.bincount(trial[trial >= 0], minlength=j + 1)
+            free = (m & (owner < 0)).sum() >= _MIN_KEPT * m.sum()  # the new one mostly on background
+            if free and all(kept[i] >= _MIN_KEPT * areas[i] for i in range(j)):
+                break
+        else:
+            continue
+        img = _paint(img, rng, m, u, v)
+        owner = trial
+        drawn.append(k)
+        areas.append(int(m.sum()))
+    return _finish(img, rng), drawn, owner
+
+
+def render_scene(seed: int, index: int, size: int = 96, objects: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-object image ``index`` (:func:`scene_layout`): (uint8 (size, size, 3) RGB, uint8 (C,)
+    multi-hot label)."""
+    img, drawn, _ = scene_layout(seed, index, size, objects)
+    label = np.zeros(len(CLASSES), dtype=np.uint8)
+    label[drawn] = 1
+    return img, label
+
+
+def _render_into(
+    images: np.ndarray, labels: np.ndarray | None, seed: int, start: int, size: int, objects: int, rows: range
+) -> None:
     for j in rows:
-        images[j] = render_image(seed, start + j, size)[0]
+        if labels is None:
+            images[j] = render_image(seed, start + j, size)[0]
+        else:
+            images[j], labels[j] = render_scene(seed, start + j, size, objects)
 
 
-# the output array of the render_set call in progress: forked workers inherit it (shared memory)
-_SHARED: np.ndarray | None = None
+# the output arrays of the render_set call in progress: forked workers inherit them (shared memory)
+_SHARED: tuple[np.ndarray, np.ndarray | None] | None = None
+
+_Job = tuple[int, int, int, int, int, int]  # seed, start, size, objects, first row, end row
 
 
-def _chunk_item(job: tuple[int, int, int, int, int]) -> str:
+def _chunk_item(job: _Job) -> str:
     """What a failed render job names: its range of image indices."""
-    _, start, _, a, b = job
+    _, start, _, _, a, b = job
     return f"synthetic images {start + a}..{start + b - 1}"
 
 
-def _render_shared(job: tuple[int, int, int, int, int]) -> None:
-    seed, start, size, a, b = job
+def _render_shared(job: _Job) -> None:
+    seed, start, size, objects, a, b = job
     assert _SHARED is not None
-    _render_into(_SHARED, seed, start, size, range(a, b))
+    _render_into(*_SHARED, seed, start, size, objects, range(a, b))
+
+
+def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
+    """A uint8 array in a MAP_SHARED | MAP_ANONYMOUS mapping: what the forks write, the parent sees."""
+    n = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(n, 1)), dtype=np.uint8)[:n].reshape(shape)
 
 
 def render_set(
-    seed: int, start: int, count: int, size: int = 96, workers: int = 1
+    seed: int, start: int, count: int, size: int = 96, workers: int = 1, objects: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``start .. start+count-1`` in memory: (uint8 (count, size, size, 3), int64 (count,)).
+    """Images ``start .. start+count-1`` in memory: (uint8 (count, size, size, 3), labels).
+
+    ``objects`` 1: int64 (count,) class indices (:func:`render_image`); ``objects`` K > 1: uint8
+    (count, C) multi-hot labels of 1..K objects (:func:`render_scene`).
 
     Train and validation sets are disjoint index ranges of one seed. ``workers`` > 1 render chunks
     in forked processes straight into one shared anonymous mapping (the images, hundreds of MB, are
     never pickled back); the result does not depend on the worker count.
     """
     global _SHARED
-    labels = (np.arange(start, start + count) % len(CLASSES)).astype(np.int64)
+    multi = objects > 1
     workers = cap_workers(workers, "pretrain --workers")
     if workers <= 1 or count < 2 * workers:
         images = np.empty((count, size, size, 3), dtype=np.uint8)
-        _render_into(images, seed, start, size, range(count))
-        return images, labels
-    buffer = mmap.mmap(-1, count * size * size * 3)  # MAP_SHARED | MAP_ANONYMOUS: seen by the forks
-    images = np.frombuffer(buffer, dtype=np.uint8).reshape(count, size, size, 3)
-    chunks = 8 * workers
-    bounds = [count * i // chunks for i in range(chunks + 1)]
-    _SHARED = images
-    try:
-        with fork_pool(workers) as pool:
-            jobs = [(seed, start, size, a, b) for a, b in itertools.pairwise(bounds)]
-            pool.map(PerItem(_render_shared, _chunk_item), jobs, 1)
-    finally:
-        _SHARED = None
+        labels = np.zeros((count, len(CLASSES)), dtype=np.uint8) if multi else None
+        _render_into(images, labels, seed, start, size, objects, range(count))
+    else:
+        images = _shared_array((count, size, size, 3))
+        labels = _shared_array((count, len(CLASSES))) if multi else None
+        chunks = 8 * workers
+        bounds = [count * i // chunks for i in range(chunks + 1)]
+        _SHARED = images, labels
+        try:
+            with fork_pool(workers) as pool:
+                jobs = [(seed, start, size, objects, a, b) for a, b in itertools.pairwise(bounds)]
+                pool.map(PerItem(_render_shared, _chunk_item), jobs, 1)
+        finally:
+            _SHARED = None
+    if labels is None:
+        labels = (np.arange(start, start + count) % len(CLASSES)).astype(np.int64)
     return images, labels

@@ -8,6 +8,11 @@ is a timm state dict of that ViT (``cls_token``, ``pos_embed``, ``patch_embed.*`
 ``norm.*``, ``head.*``) in float16 safetensors, loaded like any local weights through
 ``cam_train.pretrained=PATH`` / ``seg_train.pretrained=PATH``.
 
+With ``objects`` K > 1 the images hold 1..K objects of distinct classes and the labels are
+multi-hot: the loss is then the multilabel soft margin loss (WeakTr's own classification loss), the
+augmentation a horizontal flip only (a zoom-in crop could cut a labelled object out) and the score
+the mean average precision over classes (mAP) instead of top-1 accuracy.
+
 Deterministic: weights come from ``seed``, data from ``data_seed``, shuffling and augmentation from
 generators seeded by (seed, epoch); with deterministic algorithms on, the same settings give the same
 file bytes on the same machine and thread count.
@@ -15,7 +20,6 @@ file bytes on the same machine and thread count.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -48,12 +52,17 @@ _EVAL_BATCH = 256
 
 @dataclass
 class PretrainResult:
-    """What a run produced: the file, its metrics and how long each part took."""
+    """What a run produced: the file, its metrics and how long each part took.
+
+    ``metric`` names the scores: "acc" (top-1 accuracy, one object per image) or "mAP" (mean average
+    precision over classes, multi-object images).
+    """
 
     path: Path
     steps: int
-    train_acc: float
-    val_acc: float
+    metric: str
+    train_score: float
+    val_score: float
     params: int
     render_seconds: float
     train_seconds: float
@@ -114,6 +123,29 @@ def augment(images: torch.Tensor, scale: tuple[float, float], generator: torch.G
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A horizontal flip of each image with probability 1/2: the multi-object data's augmentation
+    (exact pixels; no crop, so every labelled object stays in the picture)."""
+    mirrored = torch.rand(images.shape[0], generator=generator) < 0.5
+    return torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(-1), images)
+
+
+def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over classes of the average precision of ranking the images by that class's score.
+
+    ``scores`` (N, C) float, ``labels`` (N, C) multi-hot. Ties rank in image order; classes without
+    a positive image are left out of the mean (nan when none has one).
+    """
+    order = scores.float().argsort(dim=0, descending=True, stable=True)
+    hits = labels.float().gather(0, order)
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1, dtype=torch.float32)[:, None]
+    positives = hits.sum(0)
+    present = positives > 0
+    if not present.any():
+        return float("nan")
+    return float(((precision * hits).sum(0)[present] / positives[present]).mean())
+
+
 def _to_input(batch: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W)."""
     return ((batch.float() / 255 - mean) / std).permute(0, 3, 1, 2).contiguous()
@@ -127,16 +159,23 @@ def evaluate(
     norm: tuple[torch.Tensor, torch.Tensor],
     policy: ExecutionPolicy,
 ) -> float:
-    """Top-1 accuracy on un-augmented images (eval mode)."""
+    """On un-augmented images (eval mode): top-1 accuracy for class indices (N,), mAP for multi-hot
+    labels (N, C)."""
     if len(labels) == 0:
         return float("nan")
     model.eval()
     correct = 0
+    scores = []
     for i in range(0, len(labels), _EVAL_BATCH):
         x = _to_input(images[i : i + _EVAL_BATCH].to(policy.device), *norm)
         with policy.autocast(policy.backbone_dtype):
             logits = model(x)
-        correct += int((logits.argmax(1).cpu() == labels[i : i + _EVAL_BATCH]).sum())
+        if labels.ndim == 2:
+            scores.append(logits.float().cpu())
+        else:
+            correct += int((logits.argmax(1).cpu() == labels[i : i + _EVAL_BATCH]).sum())
+    if labels.ndim == 2:
+        return mean_average_precision(torch.cat(scores), labels)
     return correct / len(labels)
 
 
@@ -156,7 +195,8 @@ def _deterministic(seed: int) -> Iterator[None]:
 
 @dataclass
 class _Data:
-    """The rendered set in memory (uint8 NHWC images, int64 labels) and the model's normalisation."""
+    """The rendered set in memory (uint8 NHWC images; int64 class indices, or uint8 (N, C) multi-hot
+    labels of multi-object images) and the model's normalisation."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -174,7 +214,8 @@ def _train_epoch(
     first_step: int,
     policy: ExecutionPolicy,
 ) -> tuple[int, float, float]:
-    """One shuffled pass (or up to ``max_steps``); returns (steps so far, train accuracy, mean loss).
+    """One shuffled pass (or up to ``max_steps``); returns (steps so far, train score, mean loss): the
+    score is top-1 accuracy, or for multi-hot labels the mAP of the epoch's (augmented) batches.
 
     Shuffling and augmentation come from a generator seeded by (seed, epoch), so an epoch is the same
     whatever ran before it.
@@ -187,6 +228,9 @@ def _train_epoch(
     gen = torch.Generator().manual_seed(s.seed * 1_000_003 + epoch)
     order = torch.randperm(s.n_train, generator=gen)
     model.train()
+    multi = data.labels.ndim == 2
+    scores: list[torch.Tensor] = []  # multi-label: every batch's logits and labels, for the epoch's mAP
+    targets: list[torch.Tensor] = []
     step, correct, seen, loss_sum = first_step, 0, 0, 0.0
     bar = progress(range(steps_per_epoch), desc=f"pretrain {epoch + 1}/{s.epochs}", enabled=True)
     for it in bar:
@@ -194,11 +238,15 @@ def _train_epoch(
             break
         idx = order[it * s.batch_size : (it + 1) * s.batch_size]
         y = data.labels[idx].to(device)
-        x = augment(_to_input(data.images[idx].to(device), *data.norm), s.crop_scale, gen)
+        x = _to_input(data.images[idx].to(device), *data.norm)
+        x = flip(x, gen) if multi else augment(x, s.crop_scale, gen)
         set_lr(optimizer, warmup_cosine_lr(step, total, s.lr, warmup, s.min_lr))
         with policy.autocast(policy.backbone_dtype):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
+        if multi:
+            loss = F.multilabel_soft_margin_loss(logits.float(), y.float())
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -207,12 +255,20 @@ def _train_epoch(
             turn_off = " or pass --no-amp" if policy.amp else ""
             raise InputError(f"pretraining diverged: loss {value} at step {step + 1}; lower --lr{turn_off}")
         loss_sum += value
-        correct += int((logits.argmax(1) == y).sum())
+        if multi:
+            scores.append(logits.detach().float().cpu())
+            targets.append(y.cpu())
+        else:
+            correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         step += 1
         if it % 20 == 0:
-            bar.set_postfix(loss=f"{value:.3f}", acc=f"{correct / seen:.3f}")
-    return step, correct / max(seen, 1), loss_sum / max(step - first_step, 1)
+            bar.set_postfix(loss=f"{value:.3f}", **({} if multi else {"acc": f"{correct / seen:.3f}"}))
+    if multi:
+        score = mean_average_precision(torch.cat(scores), torch.cat(targets)) if scores else float("nan")
+    else:
+        score = correct / max(seen, 1)
+    return step, score, loss_sum / max(step - first_step, 1)
 
 
 def pretrain(
@@ -227,9 +283,11 @@ def pretrain(
     device = policy.device
     t0 = time.perf_counter()
     K = len(pretrain_shapes.CLASSES)
-    log.info("pretrain: rendering %d train + %d val images (%d classes)", s.n_train, s.n_val, K)
-    train_x, train_y = pretrain_shapes.render_set(s.data_seed, 0, s.n_train, s.img_size, workers)
-    val_x, val_y = pretrain_shapes.render_set(s.data_seed, s.n_train, s.n_val, s.img_size, workers)
+    multi = s.objects > 1
+    what = f"1..{s.objects} objects each" if multi else "one object each"
+    log.info("pretrain: rendering %d train + %d val images (%d classes, %s)", s.n_train, s.n_val, K, what)
+    train_x, train_y = pretrain_shapes.render_set(s.data_seed, 0, s.n_train, s.img_size, workers, s.objects)
+    val_x, val_y = pretrain_shapes.render_set(s.data_seed, s.n_train, s.n_val, s.img_size, workers, s.objects)
     mean, std = normalisation(s.backbone)
     data = _Data(
         torch.from_numpy(train_x),
@@ -241,7 +299,8 @@ def pretrain(
     render_seconds = time.perf_counter() - t0
     log.info("pretrain: rendered in %s", format_seconds(render_seconds))
 
-    step, train_acc, val_acc = 0, float("nan"), float("nan")
+    metric = "mAP" if multi else "acc"
+    step, train_score, val_score = 0, float("nan"), float("nan")
     epoch_seconds: list[float] = []
     with _deterministic(s.seed):
         model = build_classifier(s, K).to(device)
@@ -255,31 +314,35 @@ def pretrain(
             if s.max_steps is not None and step >= s.max_steps:
                 break
             te = time.perf_counter()
-            step, train_acc, loss = _train_epoch(model, optimizer, data, s, epoch, step, policy)
-            val_acc = evaluate(model, data.val_images, data.val_labels, data.norm, policy)
+            step, train_score, loss = _train_epoch(model, optimizer, data, s, epoch, step, policy)
+            val_score = evaluate(model, data.val_images, data.val_labels, data.norm, policy)
             epoch_seconds.append(time.perf_counter() - te)
             log.info(
-                "pretrain epoch %d/%d: loss %.4f, train acc %.4f, val acc %.4f, %s",
-                *(epoch + 1, s.epochs, loss, train_acc, val_acc, format_seconds(epoch_seconds[-1])),
+                "pretrain epoch %d/%d: loss %.4f, train %s %.4f, val %s %.4f, %s",
+                *(epoch + 1, s.epochs, loss, metric, train_score, metric, val_score),
+                format_seconds(epoch_seconds[-1]),
             )
     train_seconds = time.perf_counter() - t0 - render_seconds
+    key = metric.lower()  # train_acc / val_acc, or train_map / val_map
     meta = {
         "command": command,
         "seed": str(s.seed),
-        "data_generator": pretrain_shapes.GENERATOR,
+        "data_generator": pretrain_shapes.MULTI_GENERATOR if multi else pretrain_shapes.GENERATOR,
         "data_seed": str(s.data_seed),
         "classes": json.dumps(list(pretrain_shapes.CLASSES)),
         "epochs": str(s.epochs),
         "steps": str(step),
-        "train_acc": f"{train_acc:.4f}",  # the last epoch's, on augmented images
-        "val_acc": f"{val_acc:.4f}",
+        f"train_{key}": f"{train_score:.4f}",  # the last epoch's, on augmented images
+        f"val_{key}": f"{val_score:.4f}",
         "weaktr_version": __version__,
-        "settings": json.dumps(dataclasses.asdict(s)),
+        "settings": json.dumps(s.as_dict()),
     }
+    if multi:
+        meta["objects"] = str(s.objects)  # absent from one-object files: their bytes stay as they were
     save_pretrained(out, model, s, meta)
     params = sum(p.numel() for p in model.parameters())
     return PretrainResult(
-        Path(out), step, train_acc, val_acc, params, render_seconds, train_seconds, epoch_seconds
+        Path(out), step, metric, train_score, val_score, params, render_seconds, train_seconds, epoch_seconds
     )
 
 
@@ -296,8 +359,9 @@ def save_pretrained(path: str | Path, model: nn.Module, s: PretrainSettings, met
 
 def accuracy_summary(result: PretrainResult) -> str:
     """One line for the command's output."""
+    m = result.metric
     return (
-        f"{result.steps} steps, train acc {result.train_acc:.4f}, val acc {result.val_acc:.4f}; "
+        f"{result.steps} steps, train {m} {result.train_score:.4f}, val {m} {result.val_score:.4f}; "
         f"render {format_seconds(result.render_seconds)}, train {format_seconds(result.train_seconds)}"
     )
 
