@@ -8,6 +8,10 @@ Measures, with the project's own code paths:
   * the label CRF of one image (3 labels, one core) and seeds + CRF of 8 images with 1 and 2 workers;
   * how many seed pixels bf16 CAMs change against float32 ones (target: ≥ 99.5 % agree).
 
+The authors' figures (``targets.AUTHORS`` or ``--authors FILE``, with the CPU they ran on) are shown
+and divided into ours only on a CPU of the same kind (model name and SIMD flags); elsewhere the
+table shows "–" and the CAM target is judged against the re-enactment alone.
+
 bf16 is timed on CUDA and on a CPU with AVX512-BF16 or AMX only (``common.precisions``): elsewhere
 oneDNN emulates it ~100× slower. Then the results have no bf16 entries but a top-level
 ``"bf16_skipped"`` (the reason), and the table says "skipped (no native bf16)", its targets "not measured".
@@ -35,8 +39,15 @@ import torch
 from cam_authors import cam_gflop, matmul_peak, their_cams
 from common import BF16_SKIPPED, machine, measure, measure_rounds, precisions
 from PIL import Image
-from targets import AGREEMENT_MIN, BF16_SKIPPED_CELL, CAM_TARGETS
-from targets import AUTHORS as THEIRS
+from targets import (
+    AGREEMENT_MIN,
+    AUTHORS,
+    BF16_SKIPPED_CELL,
+    CAM_TARGETS,
+    AuthorsFigures,
+    authors_from_json,
+    cpu_label,
+)
 
 from weaktr.cam.generate import CamGenSettings, generate_cams, prepare_image
 from weaktr.cam.seeds import compact_seed, make_seeds, seed_from_cams
@@ -48,9 +59,11 @@ from weaktr.models.cam import CAMConfig, build_cam_model
 from weaktr.models.execution import ExecutionPolicy
 from weaktr.stages.train_cam import train_step
 
-# s; the authors' code on a 2-core machine (targets.py; the label CRF: 2026-11-25). Their CAM figure
-# is float32; the targets are ≥ 2× it in float32 and ≥ 3× it in bf16.
-AUTHORS = {"train_step": THEIRS["cam_train_step"], "cam_gen": THEIRS["cam_gen"], "label_crf": 0.39}
+# s; the authors' code with the CPU it ran on (targets.py), under this script's names. Their CAM figure
+# is float32; the targets are ≥ 2× it in float32 and ≥ 3× it in bf16, and it counts only on a CPU of
+# its kind (elsewhere the re-enactment alone judges).
+NAMES = {"train_step": "cam_train_step", "cam_gen": "cam_gen", "label_crf": "label_crf"}
+THEIRS = AUTHORS.renamed(NAMES)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # DeiT-S's, which generate_cams reads off the model
 SCALES = CamGenSettings((1.0, 1.2))
 IMAGE_HW = (375, 500)
@@ -168,17 +181,26 @@ def seed_agreement(images: list[np.ndarray], device: torch.device) -> float:
     return equal / total
 
 
-def table(res: dict[str, Any]) -> str:
-    """The results beside the authors' figures and the targets; bf16 entries a run skipped
-    (``"bf16_skipped"``) show as skipped, their targets as not measured, never as met."""
+def table(res: dict[str, Any], theirs: AuthorsFigures = THEIRS) -> str:
+    """The results beside the authors' figures (where they come from this kind of CPU) and the targets;
+    bf16 entries a run skipped (``"bf16_skipped"``) show as skipped, their targets as not measured."""
     m = res["machine"]
+    other = theirs.other_cpu(m) or ("the timings ran on CUDA" if m.get("cuda") else None)
+    authors = {k: None if other else v for k, v in theirs.seconds.items()}
     lines = [
-        f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), torch {m['torch']} "
-        f"with {m['torch_threads']} threads, accelerator: {m['cuda'] or 'none'}",
+        f"machine: {cpu_label(m['cpu'], m.get('cpu_simd_flags'))}, {m['cores']} cores "
+        f"({m['cores_usable']} usable), torch {m['torch']} with {m['torch_threads']} threads, "
+        f"accelerator: {m['cuda'] or 'none'}",
+        f"authors: {theirs.source}, {theirs.label}"
+        + (f"; no figure of theirs for this machine: {other}" if other else ""),
         f"load average (1/5/15 min) before: {res['load_before']}, after: {res['load_after']}",
         "",
         f"{'measurement':<36} {'precision':<9} {'wall s':>8} {'CPU s':>8} {'authors':>8}",
     ]
+
+    def theirs_cell(key: str) -> str:
+        return "–".rjust(8) if authors.get(key) is None else f"{authors[key]:8.2f}"
+
     rows = [
         ("training step (batch 8, 224²)", res["train_step"]["float32"], "float32", "train_step"),
         ("training step (batch 8, 224²)", res["train_step"].get("bf16"), "bf16", "train_step"),
@@ -190,9 +212,9 @@ def table(res: dict[str, Any]) -> str:
     ]
     for label, r, prec, key in rows:
         if r is None:
-            lines.append(f"{label:<36} {prec:<9} {BF16_SKIPPED_CELL:>17} {AUTHORS[key]:8.2f}")
+            lines.append(f"{label:<36} {prec:<9} {BF16_SKIPPED_CELL:>17} {theirs_cell(key)}")
             continue
-        lines.append(f"{label:<36} {prec:<9} {r['wall_s']:8.3f} {r['cpu_s']:8.3f} {AUTHORS[key]:8.2f}")
+        lines.append(f"{label:<36} {prec:<9} {r['wall_s']:8.3f} {r['cpu_s']:8.3f} {theirs_cell(key)}")
     cam = res["cam_gen"]
     lines.append(f"\nCAM generation: {cam['gflop']:.0f} GFLOP of matmuls per image")
     for p, peak_key in (("float32", "float32"), ("bf16", "bfloat16")):
@@ -200,19 +222,24 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"  {p:<8} {BF16_SKIPPED_CELL} (target ≥ {CAM_TARGETS[p]}×: not measured)")
             continue
         wall, peak = cam[f"ours_{p}"]["wall_s"], cam["peak_gflops"].get(peak_key)
-        vs_them = AUTHORS["cam_gen"] / wall
+        vs_them = authors["cam_gen"] / wall if authors.get("cam_gen") else None
         vs_reenacted = cam["theirs_float32"]["wall_s"] / wall
-        status = "ok" if vs_them >= CAM_TARGETS[p] and vs_reenacted >= CAM_TARGETS[p] else "missed"
+        met = vs_reenacted >= CAM_TARGETS[p] and (vs_them is None or vs_them >= CAM_TARGETS[p])
+        status = "ok" if met else "missed"
         share = (  # the CPU's peak: none in bf16 where the CPU would only emulate it (a CUDA run)
             f"= {100 * cam['gflop'] / wall / peak:4.1f} % of this machine's {peak:.0f} GFLOP/s {peak_key} "
             "matmul peak"
             if peak
             else f"(the CPU's {peak_key} matmul peak: {BF16_SKIPPED_CELL})"
         )
+        them = (
+            f"{vs_them:.2f}× the authors' {authors['cam_gen']:.2f} s"
+            if vs_them
+            else "no figure of the authors' for this machine"
+        )
         lines.append(
-            f"  {p:<8} {cam['gflop'] / wall:6.0f} GFLOP/s {share}; {vs_them:.2f}× the authors' "
-            f"{AUTHORS['cam_gen']} s, {vs_reenacted:.2f}× their loop re-enacted in float32 "
-            f"(target ≥ {CAM_TARGETS[p]}×: {status})"
+            f"  {p:<8} {cam['gflop'] / wall:6.0f} GFLOP/s {share}; {them}, {vs_reenacted:.2f}× their loop "
+            f"re-enacted in float32 (target ≥ {CAM_TARGETS[p]}×: {status})"
         )
     for w in (1, 2):
         r = res["seeds_crf_8"][f"workers_{w}"]
@@ -250,8 +277,9 @@ def main() -> None:
     parser.add_argument(
         "--authors",
         type=Path,
-        help="JSON of the authors' figures measured on this machine ({'train_step': s, 'cam_gen': s, "
-        "'label_crf': s}, any subset) to compare with instead of the built-in ones",
+        help="the authors' figures instead of the built-in ones: their results file (meta.cpu_model, "
+        "meta.cpu_simd_flags, for_bench_cam) or a flat JSON object ({'train_step': s, 'cam_gen': s, "
+        "'label_crf': s}, any subset; cpu_model and cpu_simd_flags name its CPU)",
     )
     parser.add_argument(
         "--force-bf16",
@@ -259,16 +287,18 @@ def main() -> None:
         help="time bf16 even on a CPU that only emulates it (no AVX512-BF16 or AMX): ~100x slower, hours",
     )
     args = parser.parse_args()
+    theirs = THEIRS
     if args.authors is not None:
-        given = json.loads(args.authors.read_text())
-        unknown = sorted(set(given) - set(AUTHORS))
-        if unknown:
-            raise SystemExit(f"{args.authors}: unknown key(s) {unknown}; known: {sorted(AUTHORS)}")
-        AUTHORS.update({k: float(v) for k, v in given.items()})
+        try:
+            theirs = authors_from_json(
+                json.loads(args.authors.read_text()), NAMES, "for_bench_cam", str(args.authors)
+            )
+        except ValueError as e:
+            raise SystemExit(f"{args.authors}: {e}") from None
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    res: dict[str, Any] = {"machine": machine(), "load_before": os.getloadavg(), "authors": AUTHORS}
+    res: dict[str, Any] = {"machine": machine(), "load_before": os.getloadavg(), "authors": theirs.record()}
     precs = precisions(device, args.force_bf16)
     peak_precs = precisions("cpu", args.force_bf16)  # matmul_peak runs on the CPU
     if "bf16" not in precs:
@@ -284,7 +314,7 @@ def main() -> None:
     if "bf16" in precs:
         res["bf16_seed_agreement"] = seed_agreement(images[:4], device)
     res["load_after"] = os.getloadavg()
-    print(table(res))
+    print(table(res, theirs))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bench_cam_{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(res, indent=2) + "\n")

@@ -10,12 +10,17 @@ idle 2-core machine of the kind this runs on):
 - the CPU backends (``backends``, see seg_backends.py): plain PyTorch, the fused private-op path,
   bf16, onnxruntime fp32 / int8 / fp16, 1 and 6 scales, in interleaved rounds with their load times;
 - softmax CRF of one image (21 labels, one core), and of 8 images with 1 and 2 worker processes;
-- same-machine baselines ("authors' way"): the training step with the authors' unfused attention, and
-  their inference loop re-enacted on our model (flips and windows run separately in batches of 4,
-  full-size window logits merged on a canvas). The authors' absolute figures came from another
-  machine; these ratios do not depend on which machine runs the script. The three 6-scale runs
-  (fp32, bf16, authors' way) go in interleaved rounds, and the table gives the median of the
-  same-round ratios with their range, so a load change between runs does not skew the ratio.
+- a same-machine baseline for the training step: our model with the authors' unfused attention
+  (``softmax(q·kᵀ·scale)·v``; ``train_step_authors_way``), not their code.
+
+The two 6-scale runs (fp32, bf16) go in interleaved rounds, so the bf16 row's fp32 / bf16 ratio is the
+median of same-round ratios. (The re-enactment of the authors' 6-scale inference loop on our model
+went on 2026-12-08: it ran 10–13 % slower than their code's own time on the same kind of CPU, and a
+same-sitting check against their code is impossible; docs/benchmarks.md.)
+
+The authors' figures (``targets.AUTHORS``: their code, with the CPU it ran on) are divided into ours
+only when this run's CPU is of the same kind (``AuthorsFigures.other_cpu``); elsewhere the table's
+authors' column says there is no figure of theirs for this CPU.
 
 bf16 (the train step's ``--train-bf16``, the bf16 inferences, the ``torch_bf16`` backend) is timed on
 CUDA and on a CPU with AVX512-BF16 or AMX only (``common.precisions``; ``--force-bf16`` times it
@@ -46,24 +51,24 @@ import torch
 import torch.nn.functional as F
 from common import BF16_SKIPPED, machine, measure, measure_rounds, paired_ratios, precisions
 from seg_backends import bench_backends
-from targets import AGREEMENT_MIN, BF16_SKIPPED_CELL
+from targets import AGREEMENT_MIN, AUTHORS, BF16_SKIPPED_CELL, NO_AUTHORS_CELL, cpu_label
 
 from weaktr.crf import CRFParams, run_parallel, softmax_crf
 from weaktr.engine.optim import build_sgd
-from weaktr.evaluation.inference import (
-    MS_RATIOS,
-    InferenceSettings,
-    predict_probs,
-    scaled_size,
-    to_input,
-    upscaled_size,
-    window_anchors,
-)
+from weaktr.evaluation.inference import InferenceSettings, predict_probs
 from weaktr.losses import gradient_clipping_loss
 from weaktr.models.execution import ExecutionPolicy
 from weaktr.models.segmenter import SegConfig, build_segmenter, param_groups
 
-AUTHORS = {"train_step": 7.3, "infer_1scale": 1.8, "infer_6scale_flip_ens": 32.0, "crf_1": 0.84}
+# the authors' figures under this script's names, with their CPU (targets.py)
+THEIRS = AUTHORS.renamed(
+    {
+        "train_step": "seg_train_step",
+        "infer_1scale": "infer_1scale",
+        "infer_6scale_flip_ens": "infer_6scale_flip_ens",
+        "crf_1": "softmax_crf_21",
+    }
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_seg.json"
 CPU = torch.device("cpu")
 # a float32 timing and its bf16 twin, which a run on a CPU without native bf16 skips (table: skipped rows)
@@ -74,7 +79,7 @@ BF16_TWINS = {
     "backend_1scale_torch_fused": "backend_1scale_torch_bf16",
     "backend_6scale_flip_ens_torch_fused": "backend_6scale_flip_ens_torch_bf16",
 }
-# --tiny: a one-block segmenter on 32² crops, for dry runs of the script (its timings mean nothing)
+# --tiny: a one-block segmenter on 32² crops (train and infer sections), for dry runs (timings mean nothing)
 TINY_SEG = SegConfig(image_size=32, embed_dim=32, depth=1, num_heads=2)
 
 
@@ -89,7 +94,8 @@ def blob_image(h: int = 375, w: int = 500, seed: int = 0) -> np.ndarray:
 def bench_train(
     repeats: int, device: torch.device = CPU, bf16: bool = False, tiny: bool = False
 ) -> dict[str, dict[str, Any]]:
-    """The step in float32, in bf16 autocast if asked (as train-seg on CUDA), and the authors' way."""
+    """The step in float32, in bf16 autocast if asked (as train-seg on CUDA), and in float32 with the
+    authors' unfused attention (``train_step_authors_way``: our model, their attention; not their code)."""
     torch.manual_seed(0)
     config = TINY_SEG if tiny else SegConfig()
     crop = config.image_size
@@ -121,7 +127,7 @@ def bench_train(
     out = {"train_step": timed()}
     if bf16:
         out["train_step_bf16"] = timed(amp=True)
-    # the authors' attention (softmax(q·kᵀ·scale)·v, no fused kernel) in float32: a same-machine baseline
+    # our model with the authors' attention (softmax(q·kᵀ·scale)·v, no fused kernel), float32: a baseline
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = False
@@ -129,66 +135,13 @@ def bench_train(
     return out
 
 
-def authors_way_probs(
-    model: torch.nn.Module, image: np.ndarray, window: int = 480, stride: int = 320
-) -> torch.Tensor:
-    """The authors' inference loop re-enacted on our model, as a same-machine baseline (not their code).
-
-    As their Segmenter ``inference``: each scale and its flip run separately, windows in batches of 4,
-    attention as ``softmax(q·kᵀ·scale)·v`` (no fused kernel), every window's logits upsampled to the
-    window and summed into a full-size canvas with a count map, the average resized to the image,
-    then softmax; the two decoder outputs share one encoder pass (favourable to them).
-    """
-    fused = [(m, m.fused_attn) for m in model.modules() if hasattr(m, "fused_attn")]
-    for m, _ in fused:
-        m.fused_attn = False
-    x0 = to_input(image, model.mean, model.std, torch.device("cpu"))
-    H, W = x0.shape[-2:]
-    sums = [torch.zeros(model.n_cls, H, W), torch.zeros(model.n_cls, H, W)]
-    try:
-        with torch.no_grad():
-            for ratio in MS_RATIOS:
-                x = F.interpolate(
-                    x0, size=scaled_size(H, W, ratio, 520), mode="bilinear", align_corners=False
-                )
-                x = F.interpolate(
-                    x, size=upscaled_size(*x.shape[-2:], window), mode="bilinear", align_corners=False
-                )
-                for flip in (False, True):
-                    xi = x.flip(-1) if flip else x
-                    h, w = xi.shape[-2:]
-                    xp = F.pad(xi, (0, max(0, window - w), 0, max(0, window - h)))
-                    boxes = [
-                        (a, b)
-                        for a in window_anchors(xp.shape[-2], window, stride)
-                        for b in window_anchors(xp.shape[-1], window, stride)
-                    ]
-                    canvas = [torch.zeros(model.n_cls, *xp.shape[-2:]) for _ in range(2)]
-                    count = torch.zeros(1, *xp.shape[-2:])
-                    for i in range(0, len(boxes), 4):
-                        crops = torch.cat(
-                            [xp[..., a : a + window, b : b + window] for a, b in boxes[i : i + 4]]
-                        )
-                        out = model(crops, return_layer1=True)
-                        for k, (a, b) in enumerate(boxes[i : i + 4]):
-                            for c, o in zip(canvas, out, strict=True):
-                                c[:, a : a + window, b : b + window] += o[k]
-                            count[:, a : a + window, b : b + window] += 1
-                    for acc, c in zip(sums, canvas, strict=True):
-                        logits = F.interpolate((c / count)[None, :, :h, :w], size=(H, W), mode="bilinear")
-                        acc += (logits.flip(-1) if flip else logits)[0].softmax(0)
-    finally:
-        for m, flag in fused:
-            m.fused_attn = flag
-    n = 2 * len(MS_RATIOS)
-    return sums[0] / n + 0.8 * sums[1] / n
-
-
-def bench_inference(repeats: int, ms_repeats: int, window_batch: int, bf16: bool = True) -> dict[str, Any]:
-    """1-scale and 6-scale × flip + ensemble inference on the CPU, in float32 and (``bf16``) bf16,
-    the 6-scale runs in interleaved rounds with the authors' way; bf16 with its pixel agreement."""
+def bench_inference(
+    repeats: int, ms_repeats: int, window_batch: int, bf16: bool = True, tiny: bool = False
+) -> dict[str, Any]:
+    """1-scale and 6-scale × flip + ensemble inference on the CPU, in float32 and (``bf16``) bf16, the
+    6-scale runs in interleaved rounds (bf16: same-round fp32 / bf16 ratios); bf16 with its agreement."""
     torch.manual_seed(0)
-    model = build_segmenter(SegConfig()).eval()  # never prepared: the authors' way runs plain blocks
+    model = build_segmenter(TINY_SEG if tiny else SegConfig()).eval()
     prepared = {amp: copy.deepcopy(model) for amp in (False, True)}  # one model per policy, as a run
     for amp, net in prepared.items():  # prepares once: interleaved rounds must not rebuild caches
         net.prepare_inference(ExecutionPolicy.seg_inference(torch.device("cpu"), amp))
@@ -208,27 +161,14 @@ def bench_inference(repeats: int, ms_repeats: int, window_batch: int, bf16: bool
     out["infer_1scale"] = measure(run("1scale", **one), repeats)
     if bf16:
         out["infer_1scale_bf16"] = measure(run("1scale_bf16", amp=True, **one), repeats)
-
-    def authors_way() -> None:
-        preds["authors_way"] = authors_way_probs(model, image).argmax(0)
-
-    # interleaved rounds: each round's authors' way / ours is a same-load ratio
-    fns = {
-        "infer_6scale_flip_ens": run("6scale", amp=False),
-        "infer_6scale_flip_ens_bf16": run("6scale_bf16", amp=True),
-        "infer_6scale_flip_ens_authors_way": authors_way,
-    }
-    if not bf16:
-        del fns["infer_6scale_flip_ens_bf16"]
+    fns = {"infer_6scale_flip_ens": run("6scale")}
+    if bf16:
+        fns["infer_6scale_flip_ens_bf16"] = run("6scale_bf16", amp=True)
     six = measure_rounds(fns, ms_repeats)
-    here = six["infer_6scale_flip_ens_authors_way"]
-    for key in ("infer_6scale_flip_ens", "infer_6scale_flip_ens_bf16"):
-        if key in six:
-            six[key]["authors_way_ratios"] = paired_ratios(here, six[key])
+    if bf16:
+        bf = six["infer_6scale_flip_ens_bf16"]
+        bf["fp32_ratios"] = paired_ratios(six["infer_6scale_flip_ens"], bf)
     out.update(six)
-    same = (preds["authors_way"] == preds["6scale"]).float().mean().item()
-    out["infer_6scale_flip_ens_authors_way"]["agreement"] = same
-    out["infer_6scale_flip_ens_authors_way"]["counts"] = same >= AGREEMENT_MIN
     for name in ("1scale", "6scale") if bf16 else ():
         agree = (preds[name] == preds[f"{name}_bf16"]).float().mean().item()
         key = "infer_1scale_bf16" if name == "1scale" else "infer_6scale_flip_ens_bf16"
@@ -273,47 +213,68 @@ def skipped_twin(results: dict[str, Any], key: str) -> str | None:
     return twin
 
 
-def table(results: dict[str, Any]) -> str:
-    """Markdown: ours (wall, CPU), the authors' figure, and their/our wall-time ratio, raw and CRF-scaled.
+def authors_cell(results: dict[str, Any], key: str) -> tuple[str, float | None]:
+    """The authors' column for timing ``key`` and the figure to divide by (None: no ratio)."""
+    base = THEIRS.seconds.get(key.removesuffix("_bf16"))
+    settings = results.get("settings", {})
+    if base is None:
+        return "", None
+    section = "train" if key.startswith("train_step") else "infer" if key.startswith("infer_") else None
+    if section and settings.get(f"{section}_tiny"):
+        return "none for the tiny model", None
+    if key.startswith("train_step") and settings.get("train_device") == "cuda":
+        return "none for CUDA", None
+    if THEIRS.other_cpu(results.get("machine")) is not None:
+        return NO_AUTHORS_CELL, None
+    return f"{base:.2f}", base
 
-    The softmax CRF is the same pydensecrf code in both implementations, so ours / theirs for it
-    measures the machine (and its load); the scaled ratio divides that out. A bf16 twin that the
-    run skipped (``"bf16_skipped"``: no native bf16 on its CPU) gets a row saying so, not a number.
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown: the CPUs of the figures, then ours (wall, CPU), the authors' figure and their / our
+    wall-time ratio where both come from the same kind of CPU, and the same-machine baselines.
+
+    A bf16 twin that the run skipped (``"bf16_skipped"``: no native bf16 on its CPU) gets a row saying
+    so, not a number.
     """
     timings = results["timings"]
-    machine_factor = timings["crf_1"]["wall_s"] / AUTHORS["crf_1"] if "crf_1" in timings else None
-    here = timings.get("infer_6scale_flip_ens_authors_way", {}).get("wall_s")
+    m = results.get("machine", {})
     rows = [
-        "| measure | wall s | CPU s | authors s | authors / ours | CRF-scaled | authors' way here / ours "
-        "| note |",
-        "|---|---|---|---|---|---|---|---|",
+        f"- weaktr: {cpu_label(m.get('cpu'), m.get('cpu_simd_flags'))}, {m.get('torch_threads', '?')} "
+        "torch threads",
+        f"- authors (float32 s): {THEIRS.source}, {THEIRS.label}",
+    ]
+    if (reason := THEIRS.other_cpu(m)) is not None:
+        rows.append(f"- no ratio against the authors: {reason}")
+    rows += [
+        "",
+        "| measure | wall s | CPU s | authors s | authors / ours | same-machine baseline | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in timings.items():
-        base = AUTHORS.get(key.removesuffix("_bf16"))
+        cell, base = authors_cell(results, key)
         ratio = f"{base / r['wall_s']:.2f}×" if base else ""
-        scaled = f"{base * machine_factor / r['wall_s']:.2f}×" if base and machine_factor else ""
-        same = f"{here / r['wall_s']:.2f}×" if here and key.startswith("infer_6scale") else ""
-        if "authors_way_ratios" in r:  # median of same-round ratios, their range in brackets
-            pairs = r["authors_way_ratios"]
-            same = f"{statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
-        if key.startswith("train_step") and "train_step_authors_way" in timings:
-            same = f"{timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
-        note = ""
-        for ref in ("plain", "fused"):  # backends: per-round torch_<ref> / this, median (range)
-            if f"{ref}_ratios" in r:  # (plain: results of 2026-12-03, while cpu_blocks.py was deleted)
+        same, note = "", ""
+        if (
+            key.startswith("train_step")
+            and "train_step_authors_way" in timings
+            and key != "train_step_authors_way"
+        ):
+            same = f"their attention / this {timings['train_step_authors_way']['wall_s'] / r['wall_s']:.2f}×"
+        if key == "train_step_authors_way":
+            note = "our model with the authors' unfused attention, not their code"
+        # per-round ratios, median (range); plain: backends results of 2026-12-03, while cpu_blocks.py
+        # was deleted
+        for ref in ("fp32", "plain", "fused"):
+            if f"{ref}_ratios" in r:
                 pairs = r[f"{ref}_ratios"]
                 same = f"{ref} / this {statistics.median(pairs):.2f}× ({min(pairs):.2f}–{max(pairs):.2f})"
         if "agreement" in r:
-            what = "ours fp32" if key.endswith("authors_way") else "fp32"
-            note = f"agrees {100 * r['agreement']:.2f}% with {what}" + (
+            note = f"agrees {100 * r['agreement']:.2f}% with fp32" + (
                 "" if r["counts"] else " (< 99.5%: does not count)"
             )
-        rows.append(
-            f"| {key} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {base or ''} | {ratio} | {scaled} | {same} "
-            f"| {note} |"
-        )
+        rows.append(f"| {key} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {cell} | {ratio} | {same} | {note} |")
         if (twin := skipped_twin(results, key)) is not None:
-            rows.append(f"| {twin} | {BF16_SKIPPED_CELL} |  |  |  |  |  | not measured |")
+            rows.append(f"| {twin} | {BF16_SKIPPED_CELL} |  |  |  |  | not measured |")
     if results.get("bf16_skipped"):
         rows += ["", f"bf16 skipped: {results['bf16_skipped']}"]
     loads = results.get("backend_loads", {})
@@ -329,7 +290,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per item (median)")
     parser.add_argument(
-        "--ms-repeats", type=int, default=5, help="interleaved rounds of the three 6-scale inferences"
+        "--ms-repeats", type=int, default=5, help="interleaved rounds of the 6-scale inferences (fp32, bf16)"
     )
     parser.add_argument("--window-batch", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--rounds-1", type=int, default=5, help="backends: interleaved 1-scale rounds")
@@ -350,7 +311,9 @@ def main() -> None:
         action="store_true",
         help="time bf16 even on a CPU that only emulates it (no AVX512-BF16 or AMX): ~100x slower",
     )
-    parser.add_argument("--tiny", action="store_true", help="train section: a tiny model, for dry runs")
+    parser.add_argument(
+        "--tiny", action="store_true", help="train and infer sections: a tiny model, for dry runs"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--show", type=Path, metavar="JSON", help="only print the table of a results file")
     args = parser.parse_args()
@@ -373,11 +336,12 @@ def main() -> None:
             "window_batch": args.window_batch,
             "train_device": args.device,
             "train_tiny": args.tiny,
+            "infer_tiny": args.tiny,
             "train_bf16": args.train_bf16,
             "rounds_1": args.rounds_1,
             "rounds_6": args.rounds_6,
         },
-        "authors_s": AUTHORS,
+        "authors": THEIRS.record(),
         "timings": timings,
     }
 
@@ -401,7 +365,9 @@ def main() -> None:
 
     sections = {
         "train": train,
-        "infer": lambda: bench_inference(args.repeats, args.ms_repeats, args.window_batch, bf16_on(CPU)),
+        "infer": lambda: bench_inference(
+            args.repeats, args.ms_repeats, args.window_batch, bf16_on(CPU), args.tiny
+        ),
         "backends": backends,
         "crf": lambda: bench_crf(args.repeats),
     }

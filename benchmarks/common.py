@@ -13,6 +13,7 @@ from typing import Any
 
 import timm
 import torch
+from targets import SIMD_FLAGS
 
 from weaktr.runtime.context import cpu_bf16_native
 
@@ -42,18 +43,19 @@ def _say_bf16_skipped() -> None:
 
 
 def machine() -> dict[str, Any]:
-    """What ran the benchmark: CPU model, cores usable by this process, torch threads, versions, GPU."""
-    model = platform.processor() or "unknown"
+    """What ran the benchmark: CPU model and its SIMD flags (of ``targets.SIMD_FLAGS``; None where
+    /proc/cpuinfo has none), cores usable by this process, torch threads, versions, GPU."""
+    model, flags = platform.processor() or "unknown", None
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
+        fields = [ln.split(":", 1) for ln in cpuinfo.read_text().splitlines() if ":" in ln]
+        names = [v.strip() for k, v in fields if k.strip() == "model name"]
         model = names[0] if names else model
+        found = [set(v.split()) for k, v in fields if k.strip() == "flags"]
+        flags = sorted(found[0] & set(SIMD_FLAGS)) if found else None
     return {
         "cpu": model,
+        "cpu_simd_flags": flags,
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),

@@ -243,7 +243,7 @@ def table(steps: dict[str, dict[str, Any]]) -> str:
         elif name == "bench_seg":
             met = {True: "met", False: "not met", None: "dry run"}[s["target_met"]]
             figure = (
-                f"train step bf16 {s['train_step_bf16_s']:.3f} s vs authors' way "
+                f"train step bf16 {s['train_step_bf16_s']:.3f} s vs our model with the authors' attention "
                 f"{s['train_step_authors_way_s']:.3f} s: {s['bf16_speedup_vs_authors_way']:.2f}× "
                 f"(target ≥ {s['target']}×: {met})"
             )
