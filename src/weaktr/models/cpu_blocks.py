@@ -1,12 +1,12 @@
-"""CPU inference forward for plain timm ViT blocks: oneDNN linear epilogues and per-window attention.
+"""CPU inference forward for plain timm ViT blocks: oneDNN linear epilogues and batched fused attention.
 
-Why: an eager timm ``Block`` on the CPU copies the bias into every GEMM's output first, runs GELU
-and each residual add as separate passes over memory, and torch's fused attention kernel runs far
-below the CPU's matmul peak, in fp32 and in bf16 alike. oneDNN's linear with a fused epilogue (bias,
-bias + exact GELU, bias + residual add) removes those passes, and bf16 attention computed one
-window at a time (scores of 6 heads stay in cache, softmax in place) beats the fused kernel. The
-timings, and the CPUs they were taken on: docs/benchmarks.md ("Figures behind the code's comments")
-and docs/benchmarks-inference.md. The arithmetic is the block's own (same operations, same order of
+Why: an eager timm ``Block`` on the CPU copies the bias into every GEMM's output first, and runs
+GELU and each residual add as separate passes over memory. oneDNN's linear with a fused epilogue
+(bias, bias + exact GELU, bias + residual add) removes those passes; attention runs torch's fused
+kernel over all windows of a batch at once (in torch 2.14 it beats the hand-written per-window bf16
+attention this module used to have). The timings, and the CPUs they were taken on:
+docs/benchmarks.md ("Figures behind the code's comments", "Issue 32") and
+docs/benchmarks-inference.md. The arithmetic is the block's own (same operations, same order of
 the residual stream, exact GELU); only summation order and, in bf16, the rounding of the attention
 probabilities differ.
 
@@ -100,26 +100,16 @@ def _linear_add(x: torch.Tensor, wb: Packed, residual: torch.Tensor) -> torch.Te
 
 
 def _attention(qkv: torch.Tensor) -> torch.Tensor:
-    """(B, N, 3, heads, d), q already scaled -> (B, N, heads·d): softmax(q·kᵀ)·v, one window at a time.
+    """(B, N, 3, heads, d), q already scaled -> (B, N, heads·d): softmax(q·kᵀ)·v for all windows at once.
 
-    q, k and v are first made head-major and contiguous in one copy: the GEMMs would otherwise copy
-    each window's strided operands themselves. bf16 runs as two GEMMs around an in-place softmax on one
-    (heads, N, N) score buffer reused by every window: the scores stay in cache, and a fresh 10 MB
-    tensor per window would be page-faulted in again for every window. fp32 keeps torch's fused
-    kernel, faster there, also per window.
+    torch's fused CPU kernel on the strided q, k and v views, the whole batch in one call: in bf16
+    it beats two GEMMs around an in-place softmax one window at a time by about a third (9.4 against
+    13.7 ms for 4 windows of 901 tokens on the AMX Xeon, 2026-12-08), and in float32 it gives the
+    same bits as per-window calls at the same speed (docs/benchmarks.md, "Issue 32").
     """
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     B, H, N, D = q.shape
-    out = torch.empty(B, N, H, D, dtype=q.dtype, device=q.device)
-    scores = torch.empty(H, N, N, dtype=q.dtype, device=q.device) if q.dtype == torch.bfloat16 else None
-    for i in range(B):
-        if scores is not None:
-            torch.matmul(q[i], k[i].transpose(-2, -1), out=scores)
-            torch.softmax(scores, -1, out=scores)
-            out[i] = torch.matmul(scores, v[i]).transpose(0, 1)
-        else:
-            out[i] = F.scaled_dot_product_attention(q[i], k[i], v[i], scale=1.0).transpose(0, 1)
-    return out.view(B, N, H * D)
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, N, H * D)
 
 
 class StandIn(nn.Module):
@@ -221,7 +211,8 @@ class FusedBlock(StandIn):
 
 
 class Bf16Block(StandIn):
-    """Runs a block's inference in a bf16 copy (fused when ``fused``), taking and returning float32.
+    """Runs a block's inference in a bf16 copy (fused when ``fused``), taking float32 or bf16 and
+    returning float32 (bf16 into another such block).
 
     Whole blocks in bf16 beat bf16 Linear layers alone (no casts around every matmul, bf16 GELU and
     LayerNorm) while what surrounds them stays float32 (docs/benchmarks.md, "Notes on the 6-scale
@@ -232,6 +223,10 @@ class Bf16Block(StandIn):
     def __init__(self, block: nn.Module, fused: bool) -> None:
         super().__init__(block)
         self.fused = fused
+        # set by prepare_blocks where the next slot is a Bf16Block too: the output stays bf16, as the
+        # next block would round it to bf16 anyway (bf16 -> float32 -> bf16 is exact), and two casts
+        # of the residual stream per block are saved
+        self.feeds_bf16 = False
         self.__dict__["_copy"] = None  # (weights key, bf16 module); not a submodule, so not state
 
     def _low(self) -> nn.Module:
@@ -248,7 +243,8 @@ class Bf16Block(StandIn):
         def cast(v: Any) -> Any:
             return v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
 
-        return self._low()(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()}).float()
+        out = self._low()(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+        return out if self.feeds_bf16 else out.float()
 
 
 def _self_check(dtype: torch.dtype) -> str | None:
@@ -315,3 +311,6 @@ def prepare_blocks(blocks: nn.ModuleList, fused: bool, bf16: bool = False) -> No
             wanted = plain
         if wanted is not current:
             blocks[i] = wanted
+    for block, after in zip(blocks, [*list(blocks)[1:], None], strict=True):
+        if isinstance(block, Bf16Block):
+            block.feeds_bf16 = isinstance(after, Bf16Block)
