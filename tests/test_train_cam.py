@@ -14,9 +14,10 @@ from conftest import TINY_CAM, model_override
 from weaktr.cam.generate import fuse_cams, label_vector, multiscale_cam, preprocess_scales
 from weaktr.config import RunConfig, load_config
 from weaktr.data.demo import generate_demo
+from weaktr.engine.optim import build_adamw, set_lr
 from weaktr.errors import InputError
 from weaktr.io import load_checkpoint
-from weaktr.models.cam import CAMConfig, build_cam_model, load_cam_model
+from weaktr.models.cam import CAMConfig, build_cam_model, cam_loss, load_cam_model, param_groups
 from weaktr.models.execution import ExecutionPolicy
 from weaktr.runtime.context import open_run
 from weaktr.stages.train_cam import train_cam
@@ -199,3 +200,28 @@ def test_a_diverging_loss_stops_training_with_a_hint(tiny_data: Path, tmp_path: 
     assert err.value.path == tmp_path / "cam" / "log.jsonl"
     assert not (tmp_path / "cam" / "model.safetensors").exists()
     assert not (tmp_path / "cam" / "state.safetensors").exists()
+
+
+def test_backbone_lr_scale_zero_freezes_the_pretrained_backbone_only() -> None:
+    torch.manual_seed(0)
+    model = build_cam_model(CAMConfig(**TINY_CAM)).train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_adamw(param_groups(model, 0.0), 1e-2, 0.03)
+    set_lr(optimizer, 1e-2)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    cam_loss(model(x), y)["total"].backward()
+    optimizer.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert "backbone.vit.cls_token" in moved and any(n.startswith("head.") for n in moved)
+    assert not any(n.startswith(("backbone.vit.blocks.", "backbone.vit.patch_embed.")) for n in moved)
+    assert "backbone.vit.pos_embed" not in moved  # the position grid is pretrained too
+    with pytest.raises(InputError, match="backbone_lr_scale must be >= 0"):
+        param_groups(model, -1.0)
+
+
+def test_backbone_lr_scale_is_a_setting_of_the_run(tiny_data: Path, tmp_path: Path) -> None:
+    train_cam(
+        open_run(tiny_config(tiny_data, tmp_path, "cam_train.epochs=1", "cam_train.backbone_lr_scale=0.1"))
+    )
+    with pytest.raises(InputError, match=r"changed: backbone_lr_scale\)"):
+        train_cam(open_run(tiny_config(tiny_data, tmp_path, "cam_train.epochs=2")))

@@ -56,6 +56,9 @@ class CamTrainConfig:
     batch_size: int = 64
     lr: float = 6e-4  # base lr; the optimiser uses lr * batch_size / 512 (see engine.optim.scaled_lr)
     weight_decay: float = 0.03
+    # lr factor of the pretrained backbone (patch embedding, position grid, blocks; not the class
+    # tokens or heads): 1.0 is the authors' one lr for all, 0.0 freezes the backbone
+    backbone_lr_scale: float = 1.0
     warmup_epochs: int = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5

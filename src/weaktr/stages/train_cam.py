@@ -28,7 +28,15 @@ from weaktr.engine.optim import build_adamw, cosine_lr, scaled_lr, set_lr
 from weaktr.engine.selection import CamSelection, Score
 from weaktr.engine.trainer import GRID_IMAGES, EpochTrainer, PhaseFiles, RunSettings
 from weaktr.evaluation.metrics import sweep_thresholds
-from weaktr.models.cam import CAMConfig, CAMNet, CAMOutput, build_cam_model, cam_loss, save_cam_model
+from weaktr.models.cam import (
+    CAMConfig,
+    CAMNet,
+    CAMOutput,
+    build_cam_model,
+    cam_loss,
+    param_groups,
+    save_cam_model,
+)
 from weaktr.models.execution import ExecutionPolicy
 from weaktr.runtime.context import RunContext
 from weaktr.runtime.distributed import all_reduce_sum, barrier, broadcast_value
@@ -129,12 +137,16 @@ class CamTrainer(EpochTrainer[CAMNet]):
                 "lr": tc.lr,
                 "weight_decay": tc.weight_decay,
                 "world": ctx.dist.world,
+                # only when set, so states saved before the option existed still resume
+                **({"backbone_lr_scale": tc.backbone_lr_scale} if tc.backbone_lr_scale != 1.0 else {}),
             }
         )
         self.seed_epoch(0)
         self.model = build_cam_model(model_cfg, tc.pretrained, f"{self.section}.pretrained").to(ctx.device)
         self.lr0 = scaled_lr(tc.lr, tc.batch_size)
-        self.optimizer = build_adamw(self.model.parameters(), self.lr0, tc.weight_decay)
+        self.optimizer = build_adamw(
+            param_groups(self.model, tc.backbone_lr_scale), self.lr0, tc.weight_decay
+        )
         self.dataset = _dataset(ctx, model_cfg)
 
     def train_epoch(self, epoch: int, loader: DataLoader, ddp: torch.nn.Module) -> dict[str, Any]:
