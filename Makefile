@@ -31,6 +31,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_cam.py
 	$(BIN)/python benchmarks/bench_seg.py
+	$(BIN)/python benchmarks/bench_predict.py
 
 # --upgrade-strategy eager: a dependency already in $(LATEST) moves to its newest release too
 test-latest:
