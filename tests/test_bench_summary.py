@@ -307,3 +307,20 @@ def test_the_real_results_files_give_a_cam_generation_and_a_six_scale_row() -> N
     assert (CAM_GEN, "fp32") in table and table[(CAM_GEN, "fp32")][5].endswith(")")  # the re-enactment
     assert (SIX, "fp32") in table and table[(SIX, "fp32")][3:5] == ["none for this CPU", ""]
     assert "no ratio against the authors: the results record no SIMD flags" in done.stdout
+
+
+def test_the_built_in_authors_figures_are_the_shared_xeon_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """targets.AUTHORS copies shared/bench's file (the package cannot read ../shared); this keeps the
+    copy, and this module's XEON / XEON_FLAGS, equal to it."""
+    path = REPO.parent / "shared" / "bench" / "authors-xeon-2026-12-07.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not beside the repository")
+    monkeypatch.syspath_prepend(str(BENCH))
+    authors = importlib.import_module("targets").AUTHORS
+    data = json.loads(path.read_text())
+    meta, median = data["meta"], data["median_s"]
+    assert (authors.cpu, list(authors.simd)) == (meta["cpu_model"], sorted(meta["cpu_simd_flags"]))
+    assert (meta["cpu_model"], sorted(meta["cpu_simd_flags"])) == (XEON, XEON_FLAGS)
+    assert {k: v for k, v in authors.seconds.items() if k in data["for_summary"]} == data["for_summary"]
+    assert authors.seconds["label_crf"] == data["for_bench_cam"]["label_crf"]
+    assert authors.seconds["softmax_crf_21"] == median["e_crf_softmax_21"]

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from weaktr.errors import InputError
 from weaktr.io import save_checkpoint
+from weaktr.models import aaf as aaf_module
 from weaktr.models.aaf import AAF
 from weaktr.models.backbone import ViTBackbone
 from weaktr.models.cam import (
@@ -173,6 +174,21 @@ def test_aaf_forward_formula() -> None:
         torch.testing.assert_close(res.weights, w)
         want = sum(w[:, i, None, None] * aaf.stack_maps(attn)[:, i] for i in range(K * H)) / (K * H)
         torch.testing.assert_close(res.fused, want)
+
+
+def test_aaf_inference_fuses_bf16_maps_in_chunks_with_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    K, H, d, T, B = 3, 2, 8, 7, 2
+    aaf = AAF(K, H, d, reduction=2.0, feat_reduction=2)
+    attn = [torch.softmax(torch.randn(B, H, T, T), -1).bfloat16() for _ in range(K)]
+    attn_out = [torch.randn(B, T, H * d) for _ in range(K)]
+    training = aaf(attn, attn_out, []).fused.detach()  # the stacked product of the training path
+    with torch.no_grad():
+        whole = aaf(attn, attn_out, []).fused  # one chunk: FUSE_CHUNK far above B·H·T²
+        monkeypatch.setattr(aaf_module, "FUSE_CHUNK", B * H * 5)  # 5 columns a chunk, the last one 4
+        chunked = aaf(attn, attn_out, []).fused
+    assert chunked.dtype == torch.float32 and torch.equal(chunked, whole)
+    torch.testing.assert_close(chunked, training)
 
 
 def test_fine_cam_is_patch_attention_times_fused_per_class() -> None:

@@ -249,3 +249,26 @@ def test_a_bf16_only_failure_keeps_the_fp32_decoder_fused(
     assert len(warnings) == 1 and "bfloat16" in warnings[0] and "avx512bw" in warnings[0]
     assert [b for b in calls if b in _plain_blocks(model)] == decoder  # not the self-check's block
     torch.testing.assert_close(out, plain, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_blocks_hand_each_other_bf16_with_the_same_bits() -> None:
+    blocks = nn.ModuleList(_block() for _ in range(3))
+    with torch.no_grad():
+        for i, blk in enumerate(blocks):  # three different blocks
+            blk.mlp.fc2.bias.add_(0.1 * i)
+    cpu_blocks.prepare_blocks(blocks, fused=False, bf16=True)
+    assert [blk.feeds_bf16 for blk in blocks] == [True, True, False]
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        h, dtypes = x, []
+        for blk in blocks:
+            h = blk(h)
+            dtypes.append(h.dtype)
+        chained = h
+        for blk in blocks:  # every block casting back to float32, as before the chain existed
+            blk.feeds_bf16 = False
+        h = x
+        for blk in blocks:
+            h = blk(h)
+    assert dtypes == [torch.bfloat16, torch.bfloat16, torch.float32]
+    assert torch.equal(chained, h)  # bf16 -> float32 -> bf16 is exact

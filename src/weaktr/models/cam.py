@@ -221,21 +221,19 @@ def build_cam_model(cfg: CAMConfig, pretrained: str | None = None, setting: str 
 
 
 def param_groups(model: CAMNet, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
-    """Optimiser groups with an ``lr_scale`` each (see ``engine.optim.set_lr``): one group at the lr
-    (the authors'), or, with another scale, the pretrained backbone (patch embedding, position grid,
-    blocks, norm) at lr·scale and the new parameters (class tokens, heads) at the lr."""
+    """Optimiser groups with an ``lr_scale`` each (see ``engine.optim.set_lr``): the pretrained backbone
+    (patch embedding, position grid, blocks, norm) at lr·scale, the new parameters (class tokens,
+    heads) at the lr. At scale 1, the authors' one lr for all, a single group, as before the option
+    existed: saved optimiser states keep their layout and resume."""
     if not backbone_lr_scale >= 0:
         raise InputError(f"cam_train.backbone_lr_scale must be >= 0 (0 freezes), got {backbone_lr_scale}")
     params = [p for p in model.parameters() if p.requires_grad]
     if backbone_lr_scale == 1.0:
         return [{"params": params, "lr_scale": 1.0}]
-    vit = model.backbone.vit
-    new = {id(vit.cls_token)}
-    old = [p for p in vit.parameters() if p.requires_grad and id(p) not in new]
-    ids = {id(p) for p in old}
+    pretrained = {id(p) for n, p in model.backbone.vit.named_parameters() if n != "cls_token"}
     return [
-        {"params": old, "lr_scale": backbone_lr_scale},
-        {"params": [p for p in params if id(p) not in ids], "lr_scale": 1.0},
+        {"params": [p for p in params if id(p) in pretrained], "lr_scale": backbone_lr_scale},
+        {"params": [p for p in params if id(p) not in pretrained], "lr_scale": 1.0},
     ]
 
 
